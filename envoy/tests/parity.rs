@@ -1,0 +1,112 @@
+//! The parity suite on the Envoy side: every scenario in `host-tests/scenarios`, run
+//! through the real `.wasm` in a real Envoy in front of an upstream that answers what
+//! the scenario says. Each must meet its expectation here, and Envoy and the harness
+//! must agree on status, the headers that matter, and the body.
+//!
+//! Needs `./envoy/install.sh` (or ENVOY_BIN) and the plugin's release build; without
+//! them the test fails with the command to run. It never skips.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test code: a failed step must fail the test"
+)]
+
+use std::collections::BTreeMap;
+
+use consentry_envoy::scripted::{Reply, ScriptedUpstream};
+use consentry_envoy::{Envoy, send};
+use consentry_host::plugin::workspace_root;
+use consentry_host::scenario::{Observed, Scenario, differences, scenario_dir};
+use consentry_host::{Plugin, Response};
+
+fn reply_of(r: &Response) -> Reply {
+    let mut reply = Reply::new(r.status).pieces(&r.chunks);
+    for (n, v) in &r.headers {
+        reply = reply.header(n, &String::from_utf8_lossy(v));
+    }
+    reply
+}
+
+#[test]
+fn every_scenario_behaves_the_same_in_envoy_and_in_the_harness() {
+    let scenarios = Scenario::load_dir(&scenario_dir()).unwrap();
+    assert!(!scenarios.is_empty());
+    let plugin = Plugin::release_build().unwrap_or_else(|e| panic!("{e:#}"));
+    let root = workspace_root();
+
+    // One Envoy per configuration, shared by the scenarios that use it.
+    let mut by_config: BTreeMap<String, Vec<&Scenario>> = BTreeMap::new();
+    for s in &scenarios {
+        by_config.entry(s.file.config.clone()).or_default().push(s);
+    }
+    let mut failures = Vec::new();
+    for (config, group) in by_config {
+        let upstream = ScriptedUpstream::start().unwrap();
+        let json = group[0].config_json(&root).unwrap();
+        let envoy = Envoy::builder()
+            .upstream_port(upstream.port())
+            .plugin_config_json(&json)
+            .start()
+            .unwrap_or_else(|e| panic!("{config}: {e:#}"));
+        for s in group {
+            let request = s.exchange.client_request().unwrap();
+            let response = s.exchange.upstream_response().unwrap();
+            upstream.clear_received();
+            upstream.set_default(reply_of(&response));
+            let headers: Vec<(String, String)> = request
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            let header_refs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            let body = request.chunks.concat();
+            let url = format!("{}{}", envoy.base_url(), request.path);
+            let got = send(
+                &request.method,
+                &url,
+                &header_refs,
+                (!body.is_empty()).then_some(body.as_slice()),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e:#}", s.name));
+            let received = upstream.received();
+            let in_envoy = Observed {
+                status: got.status,
+                headers: got
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
+                    .collect(),
+                body: got.body.clone(),
+                upstream_headers: received.first().map(|r| {
+                    r.headers
+                        .iter()
+                        .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
+                        .collect()
+                }),
+            };
+            for f in s.check(&in_envoy) {
+                failures.push(format!("{} (Envoy): {f}", s.name));
+            }
+            let replay = s.exchange.run(plugin.clone(), json.as_bytes()).unwrap();
+            let in_harness = Observed {
+                status: replay.client.status,
+                headers: replay.client.headers.clone(),
+                body: replay.client.body.clone(),
+                upstream_headers: replay.upstream_request.as_ref().map(|u| u.headers.clone()),
+            };
+            for d in differences("Envoy", &in_envoy, "harness", &in_harness) {
+                failures.push(format!("{}: {d}", s.name));
+            }
+        }
+        let log = envoy.log();
+        assert!(
+            !log.contains("wasm trap") && !log.contains("panicked"),
+            "{config}: the plugin crashed in Envoy:\n{}",
+            consentry_envoy::tail(&log, 40)
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

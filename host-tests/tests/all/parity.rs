@@ -1,0 +1,31 @@
+//! The parity scenarios (host-tests/scenarios), on the harness side. The Envoy
+//! side runs the same files against a real Envoy and compares both hosts.
+
+use consentry_host::plugin::workspace_root;
+use consentry_host::scenario::{Observed, Scenario, ensure_empty, scenario_dir};
+
+use crate::support::plugin;
+
+#[test]
+fn every_scenario_meets_its_expectation_in_the_harness() {
+    let scenarios = Scenario::load_dir(&scenario_dir()).unwrap();
+    assert!(scenarios.len() >= 10, "the parity suite lost its scenarios");
+    let mut failures = Vec::new();
+    for s in &scenarios {
+        let config = s.config_json(&workspace_root()).unwrap();
+        let replay = s.exchange.run(plugin(), config.as_bytes()).unwrap();
+        let outcome = consentry_host::Outcome {
+            client: replay.client,
+            upstream_request: replay.upstream_request,
+            trap: replay.trap.clone(),
+            logs: replay.logs,
+            callouts_made: replay.callouts_made,
+            trace: vec![],
+        };
+        assert_eq!(outcome.trap, None, "{}: the plugin crashed", s.name);
+        if let Err(e) = ensure_empty(&s.name, s.check(&Observed::from(&outcome))) {
+            failures.push(e.to_string());
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,14 @@
+//! Consentry's core: every decision the plugin makes, in plain Rust that knows
+//! nothing of proxy-wasm. The adapter in `consentry-filter` moves headers and bodies
+//! between the proxy and these functions; tests call them directly.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod filter;
+pub mod host;
+pub mod http;
+pub mod problem;
+pub mod redact;
+pub mod route;
+
+pub use filter::{BodyAction, Exchange, Plugin, RequestAction, ResponseAction};
