@@ -7,8 +7,10 @@ pub mod config;
 pub mod filter;
 pub mod host;
 pub mod http;
+pub mod policy;
 pub mod problem;
 pub mod redact;
 pub mod route;
+pub mod token;
 
 pub use filter::{BodyAction, Exchange, Plugin, RequestAction, ResponseAction};

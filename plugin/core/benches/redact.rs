@@ -1,0 +1,188 @@
+//! Throughput of `redact` against a serde_json parse-modify-serialize baseline
+//! (`serde_json::Value` with `preserve_order` and `arbitrary_precision`, the same
+//! paths removed or replaced, `to_vec`), in one run on one machine.
+//!
+//! `cargo bench -p consentry-core --bench redact` prints a table; nothing asserts
+//! on time. Two mixes of actions: every path removes, or every other path replaces
+//! its value with a SHA-256 hash (both sides then spend much of their time in
+//! SHA-256). Beyond the ten fields a record has, paths name fields that do not occur
+//! (a large policy). `BENCH_MS` sets the time per measurement (default 400).
+
+// A benchmark binary: setup failures may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use consentry_core::redact::{
+    FieldAction, FieldPath, HashEncoding, KeyRing, Limits, Plan, RedactContext, Unclassified,
+    redact,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const LIMITS: Limits = Limits {
+    max_bytes: 64 << 20,
+    max_depth: 64,
+};
+
+fn record(i: usize) -> String {
+    format!(
+        r#"{{"id":"p-{i:06}","name":"Patient Number {i}","ssn":"123-45-{:04}","dob":"19{:02}-0{}-1{}","balance":{}.{:02},"score":1e{},"active":{},"address":{{"street":"{} Main Street","city":"Springfield","zip":"{:05}"}},"tags":["a","b\u00e9","c"],"notes":"Free text with \"quotes\" and unicode: Zoë Ørsted {i}","visits":[{{"date":"2024-01-0{}","code":"A{}"}}]}}"#,
+        i % 10_000,
+        i % 100,
+        1 + i % 9,
+        i % 10,
+        i * 7,
+        i % 100,
+        i % 5,
+        i.is_multiple_of(2),
+        i,
+        i % 100_000,
+        1 + i % 9,
+        i % 1000,
+    )
+}
+
+/// A body of about `size` bytes: `{"records":[...]}` pretty enough to have whitespace.
+fn body(size: usize) -> Vec<u8> {
+    let mut out = String::from("{\"records\": [\n");
+    let mut i = 0;
+    while out.len() < size.saturating_sub(100) || i == 0 {
+        if i > 0 {
+            out.push_str(",\n");
+        }
+        out.push_str("  ");
+        out.push_str(&record(i));
+        i += 1;
+    }
+    out.push_str("\n]}\n");
+    out.into_bytes()
+}
+
+const FIELDS: [&str; 10] = [
+    "ssn", "dob", "name", "balance", "address", "notes", "score", "id", "tags", "visits",
+];
+
+/// `count` rules on `$.records[*].<field>`: the record's fields first, then absent ones.
+fn rules(count: usize, hash: bool) -> Vec<(Vec<String>, FieldAction)> {
+    (0..count)
+        .map(|i| {
+            let field = FIELDS
+                .get(i)
+                .map_or_else(|| format!("absent{i}"), |f| (*f).to_owned());
+            let action = if i % 2 == 0 || !hash {
+                FieldAction::Remove
+            } else {
+                FieldAction::Hash {
+                    encoding: HashEncoding::Hex,
+                }
+            };
+            (vec!["records".to_owned(), "*".to_owned(), field], action)
+        })
+        .collect()
+}
+
+fn plan(rules: &[(Vec<String>, FieldAction)]) -> Plan {
+    let parsed = rules
+        .iter()
+        .map(|(steps, action)| {
+            let text = format!("$.{}[*].{}", steps[0], steps[2]);
+            (FieldPath::parse(&text).unwrap(), action.clone())
+        })
+        .collect();
+    Plan::build(parsed, Unclassified::Keep).unwrap()
+}
+
+fn ours(plan: &Plan, body: &[u8]) -> usize {
+    let keys = KeyRing::new();
+    let mut random = |buf: &mut [u8]| buf.fill(7);
+    let mut cx = RedactContext {
+        pseudonym_keys: &keys,
+        grantee: None,
+        recipient: None,
+        random: &mut random,
+    };
+    redact(plan, body, LIMITS, &mut cx).unwrap().body.len()
+}
+
+/// The baseline: parse into a `Value`, walk each path, remove or replace, serialise.
+fn baseline(rules: &[(Vec<String>, FieldAction)], body: &[u8]) -> usize {
+    let mut doc: Value = serde_json::from_slice(body).unwrap();
+    for (steps, action) in rules {
+        let Some(records) = doc.get_mut(&steps[0]).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for record in records {
+            let Some(obj) = record.as_object_mut() else {
+                continue;
+            };
+            match action {
+                FieldAction::Remove => {
+                    obj.shift_remove(&steps[2]);
+                }
+                _ => {
+                    if let Some(v) = obj.get_mut(&steps[2]) {
+                        let text = match &*v {
+                            Value::String(s) => s.clone().into_bytes(),
+                            other => serde_json::to_vec(other).unwrap(),
+                        };
+                        const HEX: &[u8; 16] = b"0123456789abcdef";
+                        let mut hex = String::with_capacity(64);
+                        for b in Sha256::digest(&text) {
+                            hex.push(HEX[usize::from(b >> 4)] as char);
+                            hex.push(HEX[usize::from(b & 15)] as char);
+                        }
+                        *v = Value::String(hex);
+                    }
+                }
+            }
+        }
+    }
+    serde_json::to_vec(&doc).unwrap().len()
+}
+
+/// Bytes per second over enough repetitions to take `budget`.
+fn throughput(bytes: usize, budget: Duration, mut f: impl FnMut() -> usize) -> f64 {
+    black_box(f());
+    let start = Instant::now();
+    let mut runs = 0u64;
+    while start.elapsed() < budget || runs < 3 {
+        black_box(f());
+        runs += 1;
+    }
+    (bytes as f64 * runs as f64) / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let budget = Duration::from_millis(
+        std::env::var("BENCH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(400),
+    );
+    println!(
+        "{:>8} {:>6} {:>12} {:>14} {:>14} {:>7}",
+        "body", "paths", "actions", "redact MB/s", "serde MB/s", "ratio"
+    );
+    for (label, size) in [("1 KB", 1 << 10), ("64 KB", 64 << 10), ("1 MB", 1 << 20)] {
+        let body = body(size);
+        for count in [1, 10, 100] {
+            for (mix, hash) in [("remove", false), ("remove+hash", true)] {
+                if count == 1 && hash {
+                    continue; // one path: the remove row is the only one
+                }
+                let rules = rules(count, hash);
+                let plan = plan(&rules);
+                let a = throughput(body.len(), budget, || ours(&plan, &body));
+                let b = throughput(body.len(), budget, || baseline(&rules, &body));
+                println!(
+                    "{label:>8} {count:>6} {mix:>12} {:>14.1} {:>14.1} {:>6.1}x",
+                    a / 1e6,
+                    b / 1e6,
+                    a / b
+                );
+            }
+        }
+    }
+}

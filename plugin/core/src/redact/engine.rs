@@ -1,0 +1,444 @@
+//! The pass: one walk over the body with an explicit stack of open containers,
+//! copying untouched spans in bulk and splicing in removals and replacements.
+//!
+//! Output is built from the input by a copy cursor (`copied`): everything before it
+//! has been written (or deliberately dropped); a change flushes the input up to where
+//! it starts, writes its replacement (or nothing), and moves the cursor past the
+//! input it replaces. Untouched values are never copied one by one.
+//!
+//! Commas: a removed member (or element) takes the comma before it with it when an
+//! earlier member of its container is in the output; otherwise it takes the comma
+//! after it. Either way the container stays valid JSON, down to `{}` and `[]`.
+
+use super::jwe::Session;
+use super::plan::{FieldAction, Plan, ROOT, StateId, Unclassified};
+use super::syntax::{BOM, Cursor, Kind, unescape};
+use super::transform::{self, Unfit, Value};
+use super::{Limits, RedactContext, RedactError, Redacted, Report};
+
+struct Frame {
+    /// `}` or `]`.
+    close: u8,
+    /// The automaton state of this container's location.
+    state: StateId,
+    /// What members/elements of this container with no rule of their own get.
+    default: Unclassified,
+    /// The rule `default` comes from (a `Keep`/`Remove` on this container or an
+    /// ancestor), or `None` for the plan's unclassified default.
+    default_rule: Option<u32>,
+    /// Some member/element of this container is in the output.
+    emitted: bool,
+    /// Offset of the comma before the current member/element.
+    comma: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Next {
+    /// Just inside `{` or `[`: a member/element or the close.
+    Open,
+    /// A member/element must follow.
+    Item,
+    /// After a member/element: `,` or the close.
+    AfterValue,
+}
+
+struct Walker<'p, 'b, 'c, 'k> {
+    plan: &'p Plan,
+    body: &'b [u8],
+    cur: Cursor<'b>,
+    max_depth: usize,
+    cx: &'c mut RedactContext<'k>,
+    out: Vec<u8>,
+    copied: usize,
+    report: Report,
+    stack: Vec<Frame>,
+    skip_stack: Vec<u8>,
+    key: String,
+    text: String,
+    replacement: Vec<u8>,
+    session: Option<Session>,
+}
+
+pub(crate) fn redact(
+    plan: &Plan,
+    body: &[u8],
+    limits: Limits,
+    cx: &mut RedactContext<'_>,
+) -> Result<Redacted, RedactError> {
+    if body.len() > limits.max_bytes {
+        return Err(RedactError::TooLarge);
+    }
+    if body.starts_with(BOM) {
+        return Err(RedactError::ByteOrderMark);
+    }
+    let mut w = Walker {
+        plan,
+        body,
+        cur: Cursor::new(body),
+        max_depth: limits.max_depth,
+        cx,
+        out: Vec::with_capacity(body.len()),
+        copied: 0,
+        report: Report::for_rules(plan.rules().len()),
+        stack: Vec::new(),
+        skip_stack: Vec::new(),
+        key: String::new(),
+        text: String::new(),
+        replacement: Vec::new(),
+        session: None,
+    };
+    w.document()?;
+    Ok(Redacted {
+        body: w.out,
+        report: w.report,
+    })
+}
+
+impl Walker<'_, '_, '_, '_> {
+    fn document(&mut self) -> Result<(), RedactError> {
+        self.cur.skip_ws();
+        match self.cur.kind()? {
+            kind @ (Kind::Object | Kind::Array) => {
+                // The root container is always kept as a container.
+                self.descend(kind, ROOT, self.plan.unclassified(), None)?;
+            }
+            kind => {
+                let start = self.cur.pos();
+                self.cur.scalar(kind)?;
+                if self.plan.unclassified() == Unclassified::Remove {
+                    // No path names the root, so a scalar document is unclassified;
+                    // it cannot be dropped, so it becomes `null`.
+                    self.replacement.clear();
+                    self.replacement.extend_from_slice(b"null");
+                    self.splice(start, self.cur.pos());
+                    self.report.unclassified_removed += 1;
+                }
+            }
+        }
+        let mut next = Next::Open;
+        while let Some(top) = self.stack.last_mut() {
+            next = match next {
+                Next::Open => {
+                    // The whitespace before a first member belongs to it (and goes
+                    // if it goes), so it is not consumed here.
+                    if self.cur.peek_past_ws() == Some(top.close) {
+                        self.cur.skip_ws();
+                        self.cur.bump();
+                        self.stack.pop();
+                        Next::AfterValue
+                    } else {
+                        Next::Item
+                    }
+                }
+                Next::Item => self.item()?,
+                Next::AfterValue => {
+                    self.cur.skip_ws();
+                    match self.cur.peek() {
+                        Some(b',') => {
+                            top.comma = self.cur.pos();
+                            self.cur.bump();
+                            Next::Item
+                        }
+                        Some(b) if b == top.close => {
+                            self.cur.bump();
+                            self.stack.pop();
+                            Next::AfterValue
+                        }
+                        _ => return Err(self.cur.invalid()),
+                    }
+                }
+            };
+        }
+        self.cur.skip_ws();
+        if !self.cur.at_end() {
+            return Err(self.cur.invalid());
+        }
+        self.flush(self.body.len());
+        Ok(())
+    }
+
+    /// One member or element of the innermost open container, from just after its
+    /// `{`, `[` or `,`.
+    fn item(&mut self) -> Result<Next, RedactError> {
+        let plan = self.plan;
+        let depth = self.stack.len();
+        let Some(top) = self.stack.last() else {
+            return Err(self.cur.invalid());
+        };
+        let (close, default, default_rule) = (top.close, top.default, top.default_rule);
+        let state = plan.state(top.state);
+        let item_start = self.cur.pos();
+        self.cur.skip_ws();
+        let child = if close == b'}' {
+            if self.cur.peek() != Some(b'"') {
+                return Err(self.cur.invalid());
+            }
+            let key_start = self.cur.pos().saturating_add(1);
+            let escaped = self.cur.string()?;
+            let key_end = self.cur.pos().saturating_sub(1);
+            let child = if !state.needs_key() {
+                state.member(b"")
+            } else {
+                let raw = self.body.get(key_start..key_end).unwrap_or_default();
+                if escaped {
+                    unescape(raw, &mut self.key)?;
+                    state.member(self.key.as_bytes())
+                } else {
+                    state.member(raw)
+                }
+            };
+            self.cur.skip_ws();
+            self.cur.expect(b':')?;
+            self.cur.skip_ws();
+            child
+        } else {
+            state.element()
+        };
+        let value_start = self.cur.pos();
+        let kind = self.cur.kind()?;
+        let child_state = plan.state(child);
+        let live = match kind {
+            Kind::Object => child_state.object_live(),
+            Kind::Array => child_state.array_live(),
+            _ => false,
+        };
+
+        let Some(rule) = child_state.rule else {
+            if live {
+                self.descend(kind, child, default, default_rule)?;
+                return Ok(Next::Open);
+            }
+            self.cur
+                .skip_value(depth, self.max_depth, &mut self.skip_stack)?;
+            if let Some(rule) = default_rule {
+                self.report.matched(rule);
+            }
+            return match (default, default_rule) {
+                (Unclassified::Keep, None) => Ok(self.kept()),
+                (Unclassified::Keep, Some(_)) => {
+                    self.report.actions.kept += 1;
+                    Ok(self.kept())
+                }
+                (Unclassified::Remove, None) => {
+                    self.report.unclassified_removed += 1;
+                    self.remove(item_start)
+                }
+                (Unclassified::Remove, Some(_)) => {
+                    self.report.actions.removed += 1;
+                    self.remove(item_start)
+                }
+            };
+        };
+        self.report.matched(rule);
+        let action = plan.action(rule).unwrap_or(&FieldAction::Remove);
+        match action {
+            // Keep and Remove on a container with rules below it: the container stays,
+            // its own rules apply, and the rest of it is kept or removed.
+            FieldAction::Keep | FieldAction::Remove if live => {
+                let default = if *action == FieldAction::Keep {
+                    Unclassified::Keep
+                } else {
+                    Unclassified::Remove
+                };
+                self.descend(kind, child, default, Some(rule))?;
+                Ok(Next::Open)
+            }
+            FieldAction::Keep => {
+                self.report.actions.kept += 1;
+                self.cur
+                    .skip_value(depth, self.max_depth, &mut self.skip_stack)?;
+                Ok(self.kept())
+            }
+            FieldAction::Remove => {
+                self.report.actions.removed += 1;
+                self.cur
+                    .skip_value(depth, self.max_depth, &mut self.skip_stack)?;
+                self.remove(item_start)
+            }
+            action => {
+                self.cur
+                    .skip_value(depth, self.max_depth, &mut self.skip_stack)?;
+                let value_end = self.cur.pos();
+                match self.transform(action, kind, value_start, value_end)? {
+                    Ok(()) => {
+                        self.splice(value_start, value_end);
+                        Ok(self.kept())
+                    }
+                    Err(Unfit) => {
+                        self.report.fallback(rule);
+                        self.remove(item_start)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a container that stays in the output and whose members are classified.
+    fn descend(
+        &mut self,
+        kind: Kind,
+        state: StateId,
+        default: Unclassified,
+        default_rule: Option<u32>,
+    ) -> Result<(), RedactError> {
+        if self.stack.len() >= self.max_depth {
+            return Err(RedactError::TooDeep);
+        }
+        if let Some(parent) = self.stack.last_mut() {
+            parent.emitted = true;
+        }
+        self.stack.push(Frame {
+            close: if kind == Kind::Object { b'}' } else { b']' },
+            state,
+            default,
+            default_rule,
+            emitted: false,
+            comma: 0,
+        });
+        self.cur.bump();
+        Ok(())
+    }
+
+    /// The value just scanned stays in the output (as it is, or replaced).
+    fn kept(&mut self) -> Next {
+        if let Some(top) = self.stack.last_mut() {
+            top.emitted = true;
+        }
+        Next::AfterValue
+    }
+
+    /// Drops the member/element that started at `item_start` and whose value the
+    /// cursor has just passed, with one adjacent comma.
+    fn remove(&mut self, item_start: usize) -> Result<Next, RedactError> {
+        let value_end = self.cur.pos();
+        let Some(top) = self.stack.last() else {
+            return Err(self.cur.invalid());
+        };
+        if top.emitted {
+            // `..., kept <ws>[, removed]<ws> ...`: drop the comma before it.
+            let comma = top.comma;
+            self.flush(comma);
+            self.copied = self.copied.max(value_end);
+            return Ok(Next::AfterValue);
+        }
+        // Nothing of this container is out yet: drop from the item's start through
+        // the comma after it, or up to the close (keeping the whitespace before it).
+        let close = top.close;
+        self.flush(item_start);
+        self.cur.skip_ws();
+        match self.cur.peek() {
+            Some(b',') => {
+                self.cur.bump();
+                self.copied = self.copied.max(self.cur.pos());
+                Ok(Next::Item)
+            }
+            Some(b) if b == close => {
+                self.copied = self.copied.max(value_end);
+                Ok(Next::AfterValue)
+            }
+            _ => Err(self.cur.invalid()),
+        }
+    }
+
+    /// Writes `self.replacement` in place of the input `start..end`.
+    fn splice(&mut self, start: usize, end: usize) {
+        self.flush(start);
+        self.out.extend_from_slice(&self.replacement);
+        self.copied = self.copied.max(end);
+    }
+
+    fn flush(&mut self, to: usize) {
+        if to > self.copied {
+            self.out
+                .extend_from_slice(self.body.get(self.copied..to).unwrap_or_default());
+            self.copied = to;
+        }
+    }
+
+    /// Builds the replacement for one value into `self.replacement`; `Ok(Err(Unfit))`
+    /// when the action does not fit the value.
+    fn transform(
+        &mut self,
+        action: &FieldAction,
+        kind: Kind,
+        start: usize,
+        end: usize,
+    ) -> Result<Result<(), Unfit>, RedactError> {
+        let raw = self.body.get(start..end).unwrap_or_default();
+        let invalid = RedactError::InvalidJson { offset: start };
+        let value = match kind {
+            Kind::String => {
+                let inner = raw.get(1..raw.len().saturating_sub(1)).ok_or(invalid)?;
+                if inner.contains(&b'\\') {
+                    unescape(inner, &mut self.text)?;
+                    Value::Str(self.text.as_bytes())
+                } else {
+                    Value::Str(inner)
+                }
+            }
+            Kind::Number => Value::Number(std::str::from_utf8(raw).map_err(|_| invalid)?),
+            _ => Value::Other(raw),
+        };
+        let out = &mut self.replacement;
+        out.clear();
+        let counts = &mut self.report.actions;
+        match action {
+            FieldAction::Mask {
+                keep_first,
+                keep_last,
+                mask_char,
+                keep_separators,
+            } => {
+                let fit = transform::mask(
+                    value,
+                    *keep_first,
+                    *keep_last,
+                    *mask_char,
+                    *keep_separators,
+                    out,
+                );
+                if fit.is_ok() {
+                    counts.masked += 1;
+                }
+                Ok(fit)
+            }
+            FieldAction::Hash { encoding } => {
+                transform::hash(value, *encoding, out);
+                counts.hashed += 1;
+                Ok(Ok(()))
+            }
+            FieldAction::Pseudonymise { key_id } => {
+                let secret = self
+                    .cx
+                    .pseudonym_keys
+                    .get(key_id)
+                    .ok_or(RedactError::MissingKey)?;
+                let grantee = self.cx.grantee;
+                if grantee.is_some_and(|g| g.contains('\0')) {
+                    return Err(RedactError::InvalidGrantee);
+                }
+                transform::pseudonymise(value, key_id, secret, grantee, out);
+                counts.pseudonymised += 1;
+                Ok(Ok(()))
+            }
+            FieldAction::Generalise(how) => {
+                let fit = transform::generalise(value, *how, out);
+                if fit.is_ok() {
+                    counts.generalised += 1;
+                }
+                Ok(fit)
+            }
+            FieldAction::Encrypt => {
+                let recipient = self.cx.recipient.ok_or(RedactError::MissingKey)?;
+                let session = match &mut self.session {
+                    Some(s) => s,
+                    empty => empty.insert(Session::start(recipient, self.cx.random)?),
+                };
+                session.encrypt(raw, self.cx.random, out)?;
+                counts.encrypted += 1;
+                Ok(Ok(()))
+            }
+            FieldAction::Keep | FieldAction::Remove => Ok(Err(Unfit)),
+        }
+    }
+}
