@@ -15,6 +15,8 @@ use axum::body::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::consent::{ConsentConfig, ConsentState};
+
 /// The checked-in data set (`examples/data/patients.json`), embedded so the
 /// binary and in-process tests work from any working directory.
 pub const BUILTIN_PATIENTS_JSON: &[u8] = include_bytes!("../../data/patients.json");
@@ -22,10 +24,12 @@ pub const BUILTIN_PATIENTS_JSON: &[u8] = include_bytes!("../../data/patients.jso
 /// Size the generated history of each patient grows to (at most): 64 KiB.
 pub const HISTORY_TARGET_LEN: usize = 64 * 1024;
 
-/// The loaded data set, cheap to clone and share between connections.
+/// The loaded data set and the consent endpoints' state, cheap to clone and share
+/// between connections.
 #[derive(Clone, Debug)]
 pub struct ServiceState {
     inner: Arc<Data>,
+    consent: ConsentState,
 }
 
 #[derive(Debug)]
@@ -148,7 +152,22 @@ impl ServiceState {
                 patients,
                 summaries: Bytes::from(summaries),
             }),
+            consent: ConsentState::new(ConsentConfig::builtin()?)?,
         })
+    }
+
+    /// The same data with the consent endpoints started from `config` instead of
+    /// [`ConsentConfig::builtin`].
+    pub fn with_consent(self, config: ConsentConfig) -> io::Result<Self> {
+        Ok(Self {
+            inner: self.inner,
+            consent: ConsentState::new(config)?,
+        })
+    }
+
+    /// The consent endpoints' state (JWKS, status lists).
+    pub fn consent(&self) -> &ConsentState {
+        &self.consent
     }
 
     /// Patient ids in file order.

@@ -16,11 +16,12 @@ use axum::http::header::{
 };
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, put};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde::Serialize;
 
+use crate::consent;
 use crate::data::{ServiceState, SplitMix};
 
 /// Sent on every response, so tests can check the plugin does not leak it.
@@ -46,6 +47,10 @@ pub fn router(state: ServiceState) -> Router {
         .route("/status/{code}", any(status))
         .route("/echo", any(echo))
         .route("/echo/{*rest}", any(echo))
+        .route("/.well-known/jwks.json", get(consent::jwks))
+        .route("/admin/jwks", put(consent::put_jwks))
+        .route("/statuslists/{id}", get(consent::status_list))
+        .route("/admin/statuslists/{id}/{idx}", put(consent::put_status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(add_server_header))
@@ -58,7 +63,7 @@ async fn add_server_header(mut res: Response) -> Response {
     res
 }
 
-fn error_json(status: StatusCode, code: &'static str) -> Response {
+pub(crate) fn error_json(status: StatusCode, code: &'static str) -> Response {
     let body = format!("{{\"error\":\"{code}\"}}");
     (status, [(CONTENT_TYPE, JSON)], body).into_response()
 }
@@ -122,7 +127,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// `(name, value)` pairs of a raw query string, decoded.
-fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (String, String)> + '_ {
     query
         .unwrap_or_default()
         .split('&')
@@ -133,7 +138,7 @@ fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (String, String)> + 
         })
 }
 
-fn flag(v: &str) -> bool {
+pub(crate) fn flag(v: &str) -> bool {
     matches!(v, "1" | "true" | "yes")
 }
 

@@ -6,9 +6,16 @@
 //! exact bytes stored, and can be asked to misbehave the ways real upstreams do
 //! (chunked bodies, gzip, wrong content types, leaky error pages) so that the
 //! plugin's handling of each can be checked. See `examples/README.md`.
+//!
+//! It also plays the consent service the plugin calls out to: the issuer's JWKS and its
+//! Token Status Lists, changeable at run time (`PUT /admin/...`), signed by [`issuer`],
+//! which `consentry mint` shares.
 
+mod consent;
 mod data;
 mod http;
+pub mod issuer;
+pub mod personas;
 
 use std::future::Future;
 use std::io;
@@ -20,6 +27,10 @@ use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
+pub use consent::{
+    ConsentConfig, ConsentState, DEFAULT_STATUS_BITS, DEFAULT_STATUS_LIST_LEN,
+    DEFAULT_STATUS_TTL_SECONDS, MAX_STATUS_LIST_LEN,
+};
 pub use data::{BUILTIN_PATIENTS_JSON, HISTORY_TARGET_LEN, ServiceState};
 pub use http::{DUP_CONTENT_TYPE, SERVER_HEADER, chunk_sizes, router};
 

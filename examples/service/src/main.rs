@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use consentry_example_service::ServiceState;
+use consentry_example_service::issuer::{Alg, SigningKey};
+use consentry_example_service::{ConsentConfig, ServiceState};
 
 /// The example patient-record service that Consentry is demonstrated and tested against.
 #[derive(Parser, Debug)]
@@ -17,6 +18,52 @@ struct Args {
     /// A patients file to serve instead of the built-in examples/data/patients.json.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// The JWKS to serve at /.well-known/jwks.json at start (default: the development
+    /// examples/keys/jwks.json); PUT /admin/jwks replaces it at run time.
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// PKCS#8 PEM private key that signs the status lists (default: the development key
+    /// examples/keys/issuer-es256.pem, kid dev-2026-1).
+    #[arg(long, value_name = "PEM", requires = "signing_kid")]
+    signing_key: Option<PathBuf>,
+    /// `kid` of --signing-key.
+    #[arg(long, value_name = "KID")]
+    signing_kid: Option<String>,
+    /// Algorithm of --signing-key (default: the key's own: ES256, EdDSA or RS256).
+    #[arg(long, value_name = "ALG")]
+    signing_alg: Option<Alg>,
+    /// Bits per status in the status lists: 1, 2, 4 or 8.
+    #[arg(long, default_value_t = consentry_example_service::DEFAULT_STATUS_BITS)]
+    status_bits: u8,
+    /// `ttl` of the status-list tokens, in seconds.
+    #[arg(long, default_value_t = consentry_example_service::DEFAULT_STATUS_TTL_SECONDS)]
+    status_ttl: u64,
+    /// Entries of each status list (all valid at start).
+    #[arg(long, default_value_t = consentry_example_service::DEFAULT_STATUS_LIST_LEN)]
+    status_list_len: usize,
+    /// A status list's URI (the `sub` of its token) is this plus its id.
+    #[arg(long, default_value = consentry_example_service::issuer::STATUS_LIST_PREFIX)]
+    status_uri_prefix: String,
+}
+
+/// The consent endpoints' configuration from the command line.
+fn consent_config(args: &Args) -> anyhow::Result<ConsentConfig> {
+    let mut config = ConsentConfig::builtin().context("loading the development key")?;
+    if let Some(path) = &args.jwks {
+        let jwks = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        config.jwks = jwks.into();
+    }
+    if let Some(path) = &args.signing_key {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        config.signing_key =
+            SigningKey::from_pem(&pem, args.signing_kid.as_deref(), args.signing_alg)
+                .with_context(|| format!("loading {}", path.display()))?;
+    }
+    config.status_bits = args.status_bits;
+    config.status_ttl_seconds = args.status_ttl;
+    config.status_list_len = args.status_list_len;
+    config.status_uri_prefix = args.status_uri_prefix.clone();
+    Ok(config)
 }
 
 #[tokio::main]
@@ -28,6 +75,9 @@ async fn main() -> anyhow::Result<()> {
         }
         None => ServiceState::builtin().context("loading the built-in data")?,
     };
+    let state = state
+        .with_consent(consent_config(&args)?)
+        .context("configuring the consent endpoints")?;
     let listener = consentry_example_service::bind(&args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
