@@ -9,6 +9,14 @@
 //! Commas: a removed member (or element) takes the comma before it with it when an
 //! earlier member of its container is in the output; otherwise it takes the comma
 //! after it. Either way the container stays valid JSON, down to `{}` and `[]`.
+//!
+//! Shells: a container opened under a removing scope (kept only for what the rules
+//! below it may release) remembers the output length and copy cursor at the start
+//! of its member/element, and does not yet mark its parent as having output. If it
+//! closes with nothing of its own in the output, the output is truncated back to
+//! that length, the copy cursor rewinds, and the member/element is removed like any
+//! other (with the same comma rule), which may leave its parent an empty shell in
+//! turn. Its input has been validated all the same; nothing is read twice.
 
 use super::jwe::Session;
 use super::plan::{FieldAction, Plan, ROOT, StateId, Unclassified};
@@ -30,6 +38,19 @@ struct Frame {
     emitted: bool,
     /// Offset of the comma before the current member/element.
     comma: usize,
+    /// Set when this container is a shell: it is dropped if it closes with
+    /// `emitted` still false.
+    shell: Option<Shell>,
+}
+
+/// Where a shell's member/element began, to undo it if nothing inside it is released.
+#[derive(Clone, Copy)]
+struct Shell {
+    /// The input offset of its member/element (just after the `{`, `[` or `,`).
+    item_start: usize,
+    /// `out.len()` and `copied` when it opened.
+    out_len: usize,
+    copied: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -99,8 +120,8 @@ impl Walker<'_, '_, '_, '_> {
         self.cur.skip_ws();
         match self.cur.kind()? {
             kind @ (Kind::Object | Kind::Array) => {
-                // The root container is always kept as a container.
-                self.descend(kind, ROOT, self.plan.unclassified(), None)?;
+                // The root container is always kept as a container (never a shell).
+                self.descend(kind, ROOT, self.plan.unclassified(), None, None)?;
             }
             kind => {
                 let start = self.cur.pos();
@@ -124,8 +145,7 @@ impl Walker<'_, '_, '_, '_> {
                     if self.cur.peek_past_ws() == Some(top.close) {
                         self.cur.skip_ws();
                         self.cur.bump();
-                        self.stack.pop();
-                        Next::AfterValue
+                        self.close()?
                     } else {
                         Next::Item
                     }
@@ -141,8 +161,7 @@ impl Walker<'_, '_, '_, '_> {
                         }
                         Some(b) if b == top.close => {
                             self.cur.bump();
-                            self.stack.pop();
-                            Next::AfterValue
+                            self.close()?
                         }
                         _ => return Err(self.cur.invalid()),
                     }
@@ -205,7 +224,9 @@ impl Walker<'_, '_, '_, '_> {
 
         let Some(rule) = child_state.rule else {
             if live {
-                self.descend(kind, child, default, default_rule)?;
+                // Under a removing scope it is kept only for what is below it.
+                let shell = (default == Unclassified::Remove).then_some(item_start);
+                self.descend(kind, child, default, default_rule, shell)?;
                 return Ok(Next::Open);
             }
             self.cur
@@ -232,15 +253,16 @@ impl Walker<'_, '_, '_, '_> {
         self.report.matched(rule);
         let action = plan.action(rule).unwrap_or(&FieldAction::Remove);
         match action {
-            // Keep and Remove on a container with rules below it: the container stays,
-            // its own rules apply, and the rest of it is kept or removed.
+            // Keep and Remove on a container with rules below it: the container stays
+            // (a Remove only if something below it is released), its own rules apply,
+            // and the rest of it is kept or removed.
             FieldAction::Keep | FieldAction::Remove if live => {
-                let default = if *action == FieldAction::Keep {
-                    Unclassified::Keep
+                let (default, shell) = if *action == FieldAction::Keep {
+                    (Unclassified::Keep, None)
                 } else {
-                    Unclassified::Remove
+                    (Unclassified::Remove, Some(item_start))
                 };
-                self.descend(kind, child, default, Some(rule))?;
+                self.descend(kind, child, default, Some(rule), shell)?;
                 Ok(Next::Open)
             }
             FieldAction::Keep => {
@@ -273,20 +295,31 @@ impl Walker<'_, '_, '_, '_> {
         }
     }
 
-    /// Opens a container that stays in the output and whose members are classified.
+    /// Opens a container whose members are classified. It stays in the output,
+    /// unless it is a shell (`shell` is the start of its member/element) that closes
+    /// with nothing written inside it.
     fn descend(
         &mut self,
         kind: Kind,
         state: StateId,
         default: Unclassified,
         default_rule: Option<u32>,
+        shell: Option<usize>,
     ) -> Result<(), RedactError> {
         if self.stack.len() >= self.max_depth {
             return Err(RedactError::TooDeep);
         }
-        if let Some(parent) = self.stack.last_mut() {
+        // A shell marks its parent when it closes with something in it.
+        if shell.is_none()
+            && let Some(parent) = self.stack.last_mut()
+        {
             parent.emitted = true;
         }
+        let shell = shell.map(|item_start| Shell {
+            item_start,
+            out_len: self.out.len(),
+            copied: self.copied,
+        });
         self.stack.push(Frame {
             close: if kind == Kind::Object { b'}' } else { b']' },
             state,
@@ -294,9 +327,29 @@ impl Walker<'_, '_, '_, '_> {
             default_rule,
             emitted: false,
             comma: 0,
+            shell,
         });
         self.cur.bump();
         Ok(())
+    }
+
+    /// The innermost container's `}` or `]` has just been passed. An empty shell is
+    /// dropped: the output goes back to where its member/element began, and it is
+    /// removed like a scalar would have been.
+    fn close(&mut self) -> Result<Next, RedactError> {
+        let Some(frame) = self.stack.pop() else {
+            return Err(self.cur.invalid());
+        };
+        match frame.shell {
+            Some(shell) if !frame.emitted => {
+                self.out.truncate(shell.out_len);
+                self.copied = shell.copied;
+                self.report.shells_pruned = self.report.shells_pruned.saturating_add(1);
+                self.remove(shell.item_start)
+            }
+            Some(_) => Ok(self.kept()),
+            None => Ok(Next::AfterValue),
+        }
     }
 
     /// The value just scanned stays in the output (as it is, or replaced).

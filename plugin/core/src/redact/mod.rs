@@ -20,7 +20,8 @@
 //!   action (a literal name beats `.*`/`[*]` at the first step where two paths
 //!   differ);
 //! - with no rule there, but rules that can match inside the value, the container
-//!   is kept and its members/elements are classified in turn;
+//!   is kept and its members/elements are classified in turn (unless it is a shell
+//!   that ends empty: see below);
 //! - with nothing at or below it, the default applies: the `Keep`/`Remove` of the
 //!   nearest enclosing container that has one, else the plan's `Unclassified`
 //!   action. An array element is classified like a member, so under
@@ -31,11 +32,29 @@
 //!   `$.identity` with `Generalise` on `$.identity.dob` releases `{"dob":"1984"}`
 //!   and nothing else of it. Every other action on a container transforms the whole
 //!   value (hash or encrypt `$.a` and rules below `$.a` have nothing left to do).
+//! - A container (object or array, member or element, at any depth) that is kept
+//!   only because rules below it might release something is a *shell*: the pass
+//!   descends into it under a removing scope (the nearest `Keep`/`Remove` rule on it
+//!   or above it is a `Remove`, or there is none and the plan's default is
+//!   `Unclassified::Remove`). A shell that ends with nothing written inside it (no
+//!   member or element kept or transformed) is removed whole, the member with its
+//!   key or the array element, exactly as if its scope had removed it; removing
+//!   shells can leave their parent shell empty, which then goes too (`[{},{}]` of
+//!   shells goes, and its parent with it if that held nothing else). So `Remove` on
+//!   `$.billing` with `Hash` on `$.billing.invoices[*].ref` turns
+//!   `{"billing":{"invoices":[{"id":1},{"id":2}]},"k":0}` into `{"k":0}`: neither the
+//!   number of invoices nor the presence of `billing` shows. Released containers (in
+//!   a `Keep` scope, or under the plan's `Unclassified::Keep` with no `Remove` above
+//!   them) are not shells: an empty object or array they release stays exactly as
+//!   the input has it, and they stay themselves even when the rules below them
+//!   leave them empty.
 //!
 //! Every occurrence of a duplicate key is handled by the same rule (there is no "last
-//! one wins" to hide behind). Removing members keeps the output valid JSON (commas
-//! follow the removal, down to `{}`); the root container itself is never removed, and
-//! a scalar document under `Unclassified::Remove` becomes `null`.
+//! one wins" to hide behind); whether a shell is removed is decided per occurrence.
+//! Removing members keeps the output valid JSON (commas follow the removal, down to
+//! `{}`); the root container itself is never removed (a document all of whose members
+//! are removed becomes `{}` or `[]`), and a scalar document under
+//! `Unclassified::Remove` becomes `null`.
 //!
 //! Actions other than `Keep`/`Remove` replace the value with a JSON string: see
 //! [`FieldAction`]. `Encrypt` makes one key agreement per call (lazily, at the first
@@ -53,8 +72,9 @@
 //! instead and is counted in [`Report`] as a fallback.
 //!
 //! # Audit
-//! [`Report`] counts, per rule index and per action, what was done, and how many
-//! unclassified members were removed; it never holds a value.
+//! [`Report`] counts, per rule index and per action, what was done, how many
+//! unclassified members were removed and how many empty shells were dropped; it never
+//! holds a value.
 
 mod engine;
 mod jwe;
@@ -163,6 +183,12 @@ pub struct Report {
     /// rule at or above them classified them (plus a scalar document replaced by
     /// `null`). Those a container's `Remove` drops count for that rule.
     pub unclassified_removed: u64,
+    /// Shells (containers kept only for what rules below them might release; see the
+    /// module documentation) removed because nothing inside them was released. Each
+    /// one counts, nested ones too: `"l":[{},{}]` of shells is 3. They count here
+    /// only, not in `actions.removed` or `unclassified_removed`; what was removed
+    /// inside them counts as usual.
+    pub shells_pruned: u64,
 }
 
 /// How often one rule matched, and how often its action did not fit and the value

@@ -15,7 +15,8 @@ pub enum FieldAction {
     Keep,
     /// Drop the member (or array element) from its container. On a container that
     /// has classifications below it, the container stays with what those release,
-    /// and its other members/elements are dropped.
+    /// and its other members/elements are dropped; if they release nothing, it is
+    /// dropped whole (an empty shell would still show that it was there).
     Remove,
     /// Replace a string or number by a JSON string in which every character, except the
     /// first `keep_first` and last `keep_last` ones, is `mask_char`. Characters are
@@ -222,7 +223,9 @@ impl State {
 ///   `Unclassified::Remove` an element with nothing classified at or below it is
 ///   dropped from its array.
 /// - `Keep` and `Remove` nest (the nearest rule wins): `Remove` on `$.a` with a
-///   `Generalise` on `$.a.dob` gives `"a":{"dob":"1984"}`. Every other action on a
+///   `Generalise` on `$.a.dob` gives `"a":{"dob":"1984"}`, and drops `a` whole when
+///   it has no `dob` (a container kept under a removing scope only for what rules
+///   below it release goes when they release nothing). Every other action on a
 ///   container transforms the whole value (hashing or encrypting `$.a` covers
 ///   everything in it, whatever rules name `$.a.b`).
 #[derive(Debug, Clone)]

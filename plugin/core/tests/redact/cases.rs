@@ -30,7 +30,8 @@ fn array_elements_are_removed_with_their_commas() {
     let body = r#"[{"s":1,"k":2},{"k":3},{"s":4}]"#;
     assert_eq!(remove(&["$[*].s"], body), r#"[{"k":2},{"k":3},{}]"#);
     let strict = plan(&[("$[*].k", Keep)], RemoveRest);
-    assert_eq!(run(&strict, body).unwrap(), r#"[{"k":2},{"k":3},{}]"#);
+    // The last element is kept only for a `k` it does not have: it goes whole.
+    assert_eq!(run(&strict, body).unwrap(), r#"[{"k":2},{"k":3}]"#);
     let scalars = plan(&[("$.l[*].k", Keep)], RemoveRest);
     assert_eq!(
         run(&scalars, r#"{"l":[1,{"k":2,"x":0},"s",[3],{"k":4}]}"#).unwrap(),
@@ -147,8 +148,13 @@ fn empty_containers_pass_and_stay_empty() {
         r#"{"a":{},"c":[]}"#
     );
     let strict = plan(&[("$.a.b", Keep)], RemoveRest);
-    assert_eq!(run(&strict, r#"{"a":{},"c":[]}"#).unwrap(), r#"{"a":{}}"#);
+    // `a` is there only for a `b` it lacks: an empty shell, dropped. The root stays.
+    assert_eq!(run(&strict, r#"{"a":{},"c":[]}"#).unwrap(), "{}");
     assert_eq!(run(&strict, "{ }").unwrap(), "{ }");
+    assert_eq!(
+        run(&strict, r#"{"a":{"b":[]}}"#).unwrap(),
+        r#"{"a":{"b":[]}}"#
+    );
 }
 
 #[test]
@@ -584,4 +590,291 @@ fn key_rings_check_ids_and_secrets() {
     );
     assert!(!format!("{ring:?}").contains('\u{1}'));
     assert_eq!(format!("{ring:?}"), r#"["new", "old"]"#);
+}
+
+// ---------------------------------------------------------------- empty shells
+
+const HASH: FieldAction = Hash {
+    encoding: HashEncoding::Hex,
+};
+/// SHA-256 of `abc`, in hex.
+const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+/// The body, and how many shells were pruned.
+fn pruned(p: &consentry_core::redact::Plan, body: &str) -> (String, u64) {
+    let r = run_with(p, body.as_bytes(), LIMITS, None).unwrap();
+    let out = String::from_utf8(r.body).unwrap();
+    serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    (out, r.report.shells_pruned)
+}
+
+#[test]
+fn a_removed_container_with_nothing_released_below_it_goes_whole() {
+    for rest in [KeepRest, RemoveRest] {
+        let p = plan(
+            &[
+                ("$.billing", Remove),
+                ("$.billing.invoices[*].transaction_ref", HASH),
+                ("$.k", Keep),
+            ],
+            rest,
+        );
+        let body = r#"{"billing":{"insurer":"X","invoices":[{"id":1},{"id":2}]},"k":0}"#;
+        let r = run_with(&p, body.as_bytes(), LIMITS, None).unwrap();
+        // Neither the number of invoices nor the presence of `billing` shows.
+        assert_eq!(r.body, br#"{"k":0}"#);
+        // Two invoices, `invoices`, `billing`.
+        assert_eq!(r.report.shells_pruned, 4);
+        // `billing`, `insurer` and the two `id`s matched its rule; pruning adds no
+        // removal of its own.
+        assert_eq!(r.report.rules[0].matched, 4);
+        assert_eq!(r.report.actions.removed, 3);
+        assert_eq!(r.report.unclassified_removed, 0);
+        // Only the invoice that has a reference is there; its siblings are not
+        // counted out.
+        assert_eq!(
+            pruned(
+                &p,
+                r#"{"billing":{"invoices":[{"id":1},{"id":2,"transaction_ref":"abc"},{}],"insurer":"X"},"k":0}"#
+            ),
+            (
+                format!(r#"{{"billing":{{"invoices":[{{"transaction_ref":"{ABC}"}}]}},"k":0}}"#),
+                2
+            )
+        );
+    }
+}
+
+#[test]
+fn a_removed_object_without_its_generalised_field_goes_whole() {
+    let p = plan(
+        &[
+            ("$.identity", Remove),
+            (
+                "$.identity.birth_date",
+                Generalise(Generalisation::DateToYear),
+            ),
+        ],
+        KeepRest,
+    );
+    assert_eq!(
+        pruned(&p, r#"{"identity":{"name":"Ada"},"k":1}"#),
+        (r#"{"k":1}"#.to_owned(), 1)
+    );
+    assert_eq!(
+        pruned(&p, r#"{"k":1,"identity":{}}"#),
+        (r#"{"k":1}"#.to_owned(), 1)
+    );
+    assert_eq!(
+        pruned(
+            &p,
+            r#"{"identity":{"name":"Ada","birth_date":"1984-02-29"},"k":1}"#
+        ),
+        (r#"{"identity":{"birth_date":"1984"},"k":1}"#.to_owned(), 0)
+    );
+    // A generalisation that does not fit removes the field, and then the shell.
+    let r = run_with(
+        &p,
+        br#"{"identity":{"birth_date":"yesterday"},"k":1}"#,
+        LIMITS,
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.body, br#"{"k":1}"#);
+    assert_eq!(
+        (r.report.actions.fallback_removed, r.report.shells_pruned),
+        (1, 1)
+    );
+}
+
+#[test]
+fn shells_inside_shells_are_pruned_from_the_inside_out() {
+    let p = plan(&[("$.a", Remove), ("$.a.b[*].c.d", HASH)], KeepRest);
+    // With a `d` in one element: only the path to it remains.
+    assert_eq!(
+        pruned(
+            &p,
+            r#"{"a":{"b":[{"c":{"e":1}},{"c":{"d":"abc","e":2},"f":3},{"f":4},[1],{"c":{}}],"g":0},"k":1}"#
+        ),
+        (
+            format!(r#"{{"a":{{"b":[{{"c":{{"d":"{ABC}"}}}}]}},"k":1}}"#),
+            // c and its element, the `f` element, c and its element.
+            5
+        )
+    );
+    // Without any `d`, nothing of `a` remains.
+    assert_eq!(
+        pruned(&p, r#"{"a":{"b":[{"c":{"e":1}},{"c":{}},{}],"g":0},"k":1}"#),
+        (r#"{"k":1}"#.to_owned(), 7)
+    );
+    assert_eq!(
+        pruned(&p, r#"{"k":1,"a":{"b":[]}}"#),
+        (r#"{"k":1}"#.to_owned(), 2)
+    );
+    // Whitespace and commas around pruned members: exactly as if `a` were removed
+    // outright, in every position.
+    let body = "{ \"a\" : { \"b\" : [ { \"c\" : { } } ] } ,\n \"k\" : 1 ,\n \"a\" : { } ,\n \"m\" : 2 ,\n \"a\" : [ ] \n}";
+    assert_eq!(
+        pruned(&p, body),
+        (
+            "{\n \"k\" : 1  ,\n \"m\" : 2  \n}".to_owned(),
+            // c, element, b, a; the second `a`; the third is not a shell (an array
+            // where the rules expect an object): its scope removes it.
+            5
+        )
+    );
+    assert_eq!(pruned(&p, body).0, remove(&["$.a"], body));
+}
+
+#[test]
+fn released_empty_containers_stay() {
+    // Under a Keep scope: empty members and arrays are data.
+    let keep = plan(&[("$.a", Keep), ("$.a.b", Remove)], RemoveRest);
+    assert_eq!(
+        pruned(&keep, r#"{"a":{"b":1,"l":[],"o":{}},"x":[]}"#),
+        (r#"{"a":{"l":[],"o":{}}}"#.to_owned(), 0)
+    );
+    // A released container emptied by the removals below it stays too.
+    assert_eq!(
+        pruned(&keep, r#"{"a":{"b":1}}"#),
+        (r#"{"a":{}}"#.to_owned(), 0)
+    );
+    // Inside a removed container, what a Keep releases stays as it is, empty or not,
+    // and so does the removed container around it.
+    let nested = plan(
+        &[
+            ("$.a", Remove),
+            ("$.a.l", Keep),
+            ("$.a.l[*].s", Remove),
+            ("$.a.o", Keep),
+            ("$.a.o.p.q", Remove),
+        ],
+        KeepRest,
+    );
+    assert_eq!(
+        pruned(&nested, r#"{"a":{"l":[],"x":1}}"#),
+        (r#"{"a":{"l":[]}}"#.to_owned(), 0)
+    );
+    assert_eq!(
+        pruned(&nested, r#"{"a":{"l":[{"s":1},{}],"o":{"p":{"q":1}}}}"#),
+        (r#"{"a":{"l":[{},{}],"o":{"p":{}}}}"#.to_owned(), 0)
+    );
+    // Under Unclassified::Keep nothing is a shell.
+    let open = plan(&[("$.l[*].s", Remove)], KeepRest);
+    assert_eq!(
+        pruned(&open, r#"{"l":[{"s":1},[],{}],"e":{}}"#),
+        (r#"{"l":[{},[],{}],"e":{}}"#.to_owned(), 0)
+    );
+}
+
+#[test]
+fn shells_in_arrays_of_arrays_are_pruned() {
+    let p = plan(&[("$.m", Remove), ("$.m[*][*].v", Keep)], KeepRest);
+    assert_eq!(
+        pruned(
+            &p,
+            r#"{"m":[[{"w":2},{"v":1},{"w":2}],[{"w":3}],[],[[]],[{"v":[]}]],"k":0}"#
+        ),
+        (
+            r#"{"m":[[{"v":1}],[{"v":[]}]],"k":0}"#.to_owned(),
+            // Two `w` objects; `[{"w":3}]` and its object; `[]`; `[[]]`.
+            6
+        )
+    );
+    assert_eq!(
+        pruned(&p, r#"{"m":[[[]],[{}],[]],"k":0}"#),
+        (r#"{"k":0}"#.to_owned(), 5)
+    );
+    // At the root, under the strict default: the root array stays, even empty.
+    let root = plan(&[("$[*][*].v", Keep)], RemoveRest);
+    assert_eq!(
+        pruned(&root, r#"[[{"v":1},{"w":2}],[{"w":3}],[]]"#),
+        (r#"[[{"v":1}]]"#.to_owned(), 4)
+    );
+    assert_eq!(
+        pruned(&root, " [ [ { \"w\" : 3 } ] , [ ] ] "),
+        (" [ ] ".to_owned(), 3)
+    );
+}
+
+#[test]
+fn each_duplicate_key_is_pruned_or_kept_on_its_own() {
+    let p = plan(&[("$.a", Remove), ("$.a.b", Keep)], KeepRest);
+    assert_eq!(
+        pruned(
+            &p,
+            r#"{"a":{"x":1},"k":0,"a":{"b":2,"x":3},"a":{},"a":"s","a":{"b":[]}}"#
+        ),
+        (r#"{"k":0,"a":{"b":2},"a":{"b":[]}}"#.to_owned(), 2)
+    );
+    // Duplicates inside a shell: any one that is released keeps it.
+    assert_eq!(
+        pruned(&p, r#"{"a":{"x":1,"b":{},"x":2,"b":3}}"#),
+        (r#"{"a":{"b":{},"b":3}}"#.to_owned(), 0)
+    );
+    // Escaped spellings are the same key.
+    assert_eq!(
+        pruned(&p, r#"{"\u0061":{"x":1},"a":{"\u0062":1}}"#),
+        (r#"{"a":{"\u0062":1}}"#.to_owned(), 1)
+    );
+}
+
+#[test]
+fn shells_under_the_strict_default_are_pruned() {
+    // No rule on `x` or `y`: they are kept only for `z`.
+    let p = plan(&[("$.x.y.z", HASH), ("$.k", Keep)], RemoveRest);
+    assert_eq!(
+        pruned(&p, r#"{"x":{"y":{"w":1},"v":2},"k":1}"#),
+        (r#"{"k":1}"#.to_owned(), 2)
+    );
+    assert_eq!(
+        pruned(&p, r#"{"x":{"y":{"w":1,"z":"abc"},"v":2},"k":1}"#),
+        (format!(r#"{{"x":{{"y":{{"z":"{ABC}"}}}},"k":1}}"#), 0)
+    );
+    // Nothing left: the root stays, as `{}`.
+    assert_eq!(pruned(&p, r#"{"x":{"y":{}},"x":{}}"#), ("{}".to_owned(), 3));
+    let r = run_with(&p, br#"{"x":{"y":{"w":1}},"q":1}"#, LIMITS, None).unwrap();
+    assert_eq!(r.body, b"{}");
+    assert_eq!(
+        (r.report.unclassified_removed, r.report.shells_pruned),
+        (2, 2)
+    );
+    // A Keep scope inside releases its containers, empty or not.
+    let k = plan(&[("$.x.y", Keep), ("$.x.y.z.w", Remove)], RemoveRest);
+    assert_eq!(
+        pruned(&k, r#"{"x":{"y":{"z":{"w":1}},"v":1},"u":{}}"#),
+        (r#"{"x":{"y":{"z":{}}}}"#.to_owned(), 0)
+    );
+}
+
+#[test]
+fn a_pruned_region_is_still_validated() {
+    let p = plan(&[("$.s", Remove), ("$.s.t.u", Keep)], KeepRest);
+    assert_eq!(pruned(&p, r#"{"s":{"t":{"x":[1,{"y":null}]}}}"#).0, "{}");
+    for body in [
+        r#"{"s":{"t":{"x":[1,]}}}"#,
+        r#"{"s":{"t":{"x":tru}}}"#,
+        r#"{"s":{"t":{"x":01}}}"#,
+        r#"{"s":{"t":{,}}}"#,
+        r#"{"s":{"t":{}}"#,
+        r#"{"s":{"t":{}}}}"#,
+    ] {
+        assert!(
+            matches!(run(&p, body), Err(RedactError::InvalidJson { .. })),
+            "{body}"
+        );
+    }
+    assert!(matches!(
+        run(&p, r#"{"s":{"t":{"x":"\ud800"}}}"#),
+        Err(RedactError::InvalidUtf8 { .. })
+    ));
+    let shallow = consentry_core::redact::Limits {
+        max_depth: 4,
+        ..LIMITS
+    };
+    assert_eq!(
+        run_with(&p, br#"{"s":{"t":{"x":[[]]}}}"#, shallow, None),
+        Err(RedactError::TooDeep)
+    );
+    assert!(run_with(&p, br#"{"s":{"t":{"x":[]}}}"#, shallow, None).is_ok());
 }

@@ -241,6 +241,41 @@ fn rules(all: bool) -> impl Strategy<Value = (Vec<(FieldPath, FieldAction)>, Unc
         })
 }
 
+/// Plans around a removing scope: `Remove` on a path and rules below it, so that
+/// shells (containers kept only for what those rules release) and empty ones to
+/// prune are common.
+fn scoped_rules() -> impl Strategy<Value = (Vec<(FieldPath, FieldAction)>, Unclassified)> {
+    // Wildcards and the commonest key, so the scope is often in the document.
+    let common = || {
+        prop_oneof![
+            2 => Just(PathStep::AnyMember),
+            2 => Just(PathStep::AnyElement),
+            1 => Just(PathStep::Member("a".to_owned())),
+        ]
+    };
+    (
+        prop::collection::vec(common(), 1..3),
+        prop::collection::vec(
+            (
+                prop::collection::vec(prop_oneof![common(), step()], 1..4),
+                action(true),
+            ),
+            1..5,
+        ),
+        prop_oneof![Just(Unclassified::Remove), Just(Unclassified::Keep)],
+    )
+        .prop_map(|(scope, below, unclassified)| {
+            let mut rules = vec![(FieldPath(scope.clone()), FieldAction::Remove)];
+            for (tail, action) in below {
+                let path = FieldPath(scope.iter().cloned().chain(tail).collect());
+                if !rules.iter().any(|(p, _)| *p == path) {
+                    rules.push((path, action));
+                }
+            }
+            (rules, unclassified)
+        })
+}
+
 // ---------------------------------------------------------------- a tree with raw text
 
 /// A parsed value that remembers its exact text (a test-only recursive parser, used
@@ -424,11 +459,15 @@ fn fits(action: &FieldAction, t: &T<'_>) -> bool {
     }
 }
 
+/// The shells pruned so far (the report's `shells_pruned`).
+type Pruned = u64;
+
 fn expect_children<'a, 'r>(
     t: &'a T<'a>,
     loc: &mut Vec<Loc<'a>>,
     default: Unclassified,
     rules: &'r [(FieldPath, FieldAction)],
+    pruned: &mut Pruned,
 ) -> E<'a, 'r> {
     match t {
         T::Obj(_, members) => E::Obj(
@@ -436,7 +475,7 @@ fn expect_children<'a, 'r>(
                 .iter()
                 .filter_map(|(raw, name, v)| {
                     loc.push(Loc::Key(name));
-                    let e = expect_item(v, loc, default, rules);
+                    let e = expect_item(v, loc, default, rules, pruned);
                     loc.pop();
                     e.map(|e| (*raw, e))
                 })
@@ -447,7 +486,7 @@ fn expect_children<'a, 'r>(
                 .iter()
                 .filter_map(|v| {
                     loc.push(Loc::Index);
-                    let e = expect_item(v, loc, default, rules);
+                    let e = expect_item(v, loc, default, rules, pruned);
                     loc.pop();
                     e
                 })
@@ -462,28 +501,59 @@ fn expect_item<'a, 'r>(
     loc: &mut Vec<Loc<'a>>,
     default: Unclassified,
     rules: &'r [(FieldPath, FieldAction)],
+    pruned: &mut Pruned,
 ) -> Option<E<'a, 'r>> {
     let below = rules_below(rules, loc, t);
     match rule_at(rules, loc).map(|i| &rules[i].1) {
         Some(FieldAction::Keep) if below => {
-            Some(expect_children(t, loc, Unclassified::Keep, rules))
+            Some(expect_children(t, loc, Unclassified::Keep, rules, pruned))
         }
         Some(FieldAction::Keep) => Some(E::Verbatim(t.raw())),
         Some(FieldAction::Remove) if below => {
-            Some(expect_children(t, loc, Unclassified::Remove, rules))
+            let e = expect_children(t, loc, Unclassified::Remove, rules, pruned);
+            shell(e, pruned)
         }
         Some(FieldAction::Remove) => None,
         Some(action) => fits(action, t).then_some(E::Transformed(action, t)),
-        None if below => Some(expect_children(t, loc, default, rules)),
+        None if below => {
+            let e = expect_children(t, loc, default, rules, pruned);
+            match default {
+                Unclassified::Remove => shell(e, pruned),
+                Unclassified::Keep => Some(e),
+            }
+        }
         None => (default == Unclassified::Keep).then_some(E::Verbatim(t.raw())),
     }
 }
 
-fn expect<'a, 'r>(t: &'a T<'a>, plan: &'r Plan) -> E<'a, 'r> {
+/// A container kept under a removing scope only for what is below it: gone when
+/// nothing below it was released.
+fn shell<'a, 'r>(e: E<'a, 'r>, pruned: &mut Pruned) -> Option<E<'a, 'r>> {
+    let empty = match &e {
+        E::Obj(members) => members.is_empty(),
+        E::Arr(items) => items.is_empty(),
+        _ => false,
+    };
+    if empty {
+        *pruned += 1;
+        None
+    } else {
+        Some(e)
+    }
+}
+
+fn expect<'a, 'r>(t: &'a T<'a>, plan: &'r Plan, pruned: &mut Pruned) -> E<'a, 'r> {
     match t {
         T::Scalar(raw) if plan.unclassified() == Unclassified::Keep => E::Verbatim(raw),
         T::Scalar(_) => E::Null,
-        _ => expect_children(t, &mut Vec::new(), plan.unclassified(), plan.rules()),
+        // The root is never a shell.
+        _ => expect_children(
+            t,
+            &mut Vec::new(),
+            plan.unclassified(),
+            plan.rules(),
+            pruned,
+        ),
     }
 }
 
@@ -613,7 +683,9 @@ fn redact_and_check(
             );
             let input = parse(body);
             let output = parse(&out.body);
-            check(&output, &expect(&input, &plan))?;
+            let mut pruned = 0;
+            check(&output, &expect(&input, &plan, &mut pruned))?;
+            prop_assert_eq!(out.report.shells_pruned, pruned, "shells pruned");
         }
         Err(e) => prop_assert!(
             !accepted,
@@ -638,6 +710,13 @@ proptest! {
     /// original), the rest is byte-identical, and the output parses.
     #[test]
     fn every_action_matches_the_reference(body in document(json()), (rules, unclassified) in rules(true)) {
+        redact_and_check(body.as_bytes(), rules, unclassified)?;
+    }
+
+    /// Removing scopes with rules below them: empty shells are pruned exactly where
+    /// the reference prunes them, and counted.
+    #[test]
+    fn pruned_shells_match_the_reference(body in document(container()), (rules, unclassified) in scoped_rules()) {
         redact_and_check(body.as_bytes(), rules, unclassified)?;
     }
 

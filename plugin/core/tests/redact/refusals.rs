@@ -1,19 +1,22 @@
 //! Negative fixtures, named by their failure. Each malformed fragment is tried at the
 //! root and in every position the pass treats differently: a value it descends into,
-//! one it keeps whole, one it removes, one it transforms.
+//! one it keeps whole, one it removes, one it transforms, and one inside a shell (a
+//! container removed unless something below it is released) that is pruned.
 
 use consentry_core::redact::{FieldAction, HashEncoding, Limits, RedactError, Unclassified};
 
 use crate::{LIMITS, plan, run, run_with};
 
 /// The contexts: `@` is replaced by the fragment.
-const CONTEXTS: [&str; 6] = [
+const CONTEXTS: [&str; 8] = [
     "@",
     r#"{"walk":{"x":@}}"#,
     r#"{"keep":@}"#,
     r#"{"drop":@}"#,
     r#"{"hash":@}"#,
     r#"[0,{"walk":[@]}]"#,
+    r#"{"shell":{"x":@}}"#,
+    r#"{"shell":[{"y":1},@]}"#,
 ];
 
 fn every_context(fragment: &[u8]) -> Vec<Result<Vec<u8>, RedactError>> {
@@ -22,6 +25,9 @@ fn every_context(fragment: &[u8]) -> Vec<Result<Vec<u8>, RedactError>> {
             ("$.walk.x.deeper", FieldAction::Remove),
             ("$.walk[*].deeper", FieldAction::Remove),
             ("$[*].walk[*].deeper", FieldAction::Remove),
+            ("$.shell", FieldAction::Remove),
+            ("$.shell.x.deeper", FieldAction::Keep),
+            ("$.shell[*].deeper", FieldAction::Keep),
             ("$.keep", FieldAction::Keep),
             ("$.drop", FieldAction::Remove),
             (
@@ -229,7 +235,12 @@ fn nesting_beyond_the_limit_is_refused() {
         Unclassified::Keep,
     );
     let whole = plan(&[], Unclassified::Keep);
-    for p in [&walk, &whole] {
+    // Every container here is a shell, pruned.
+    let shells = plan(
+        &[("$[*][*][*][*].x", FieldAction::Keep)],
+        Unclassified::Remove,
+    );
+    for p in [&walk, &whole, &shells] {
         assert!(run_with(p, b"[[[]]]", limits(3), None).is_ok());
         assert_eq!(
             run_with(p, b"[[[[]]]]", limits(3), None),
@@ -253,6 +264,7 @@ fn nesting_beyond_the_limit_is_refused() {
     };
     assert!(run_with(&walk, &deep, big, None).is_ok());
     assert!(run_with(&whole, &deep, big, None).is_ok());
+    assert_eq!(run_with(&shells, &deep, big, None).unwrap().body, b"[]");
     let shallow = Limits {
         max_depth: 64,
         ..big
@@ -263,6 +275,10 @@ fn nesting_beyond_the_limit_is_refused() {
     );
     assert_eq!(
         run_with(&whole, &deep, shallow, None),
+        Err(RedactError::TooDeep)
+    );
+    assert_eq!(
+        run_with(&shells, &deep, shallow, None),
         Err(RedactError::TooDeep)
     );
 }
