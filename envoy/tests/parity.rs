@@ -20,7 +20,11 @@ use consentry_host::scenario::{Observed, Scenario, differences, scenario_dir};
 use consentry_host::{Plugin, Response};
 
 fn reply_of(r: &Response) -> Reply {
-    let mut reply = Reply::new(r.status).pieces(&r.chunks);
+    // Pieces a little apart, so that Envoy sees several body chunks, but not so far
+    // apart that a body of hundreds of pieces takes long.
+    let mut reply = Reply::new(r.status)
+        .pieces(&r.chunks)
+        .gap(std::time::Duration::from_millis(2));
     for (n, v) in &r.headers {
         reply = reply.header(n, &String::from_utf8_lossy(v));
     }
@@ -40,17 +44,21 @@ fn every_scenario_behaves_the_same_in_envoy_and_in_the_harness() {
         by_config.entry(s.file.config.clone()).or_default().push(s);
     }
     let mut failures = Vec::new();
+    // The consent service (keys, status lists) is the example service.
+    let consent = consentry_example_service::spawn("127.0.0.1:0").unwrap();
     for (config, group) in by_config {
         let upstream = ScriptedUpstream::start().unwrap();
         let json = group[0].config_json(&root).unwrap();
         let envoy = Envoy::builder()
             .upstream_port(upstream.port())
+            .var("CONSENT_PORT", consent.addr().port())
             .plugin_config_json(&json)
             .start()
             .unwrap_or_else(|e| panic!("{config}: {e:#}"));
         for s in group {
-            let request = s.exchange.client_request().unwrap();
-            let response = s.exchange.upstream_response().unwrap();
+            let exchange = s.exchange(std::time::SystemTime::now()).unwrap();
+            let request = exchange.client_request().unwrap();
+            let response = exchange.upstream_response().unwrap();
             upstream.clear_received();
             upstream.set_default(reply_of(&response));
             let headers: Vec<(String, String)> = request
@@ -86,17 +94,13 @@ fn every_scenario_behaves_the_same_in_envoy_and_in_the_harness() {
                         .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
                         .collect()
                 }),
+                upstream_path: received.first().map(|r| r.path.clone()),
+                upstream_body: received.first().map(|r| r.body.clone()),
             };
             for f in s.check(&in_envoy) {
                 failures.push(format!("{} (Envoy): {f}", s.name));
             }
-            let replay = s.exchange.run(plugin.clone(), json.as_bytes()).unwrap();
-            let in_harness = Observed {
-                status: replay.client.status,
-                headers: replay.client.headers.clone(),
-                body: replay.client.body.clone(),
-                upstream_headers: replay.upstream_request.as_ref().map(|u| u.headers.clone()),
-            };
+            let in_harness = Observed::from(&s.run_in_harness(plugin.clone(), &root).unwrap());
             for d in differences("Envoy", &in_envoy, "harness", &in_harness) {
                 failures.push(format!("{}: {d}", s.name));
             }

@@ -4,7 +4,8 @@
 //! ```no_run
 //! use consentry_host::{Plugin, Proxy, Request, Response};
 //! let mut proxy = Proxy::builder(Plugin::release_build()?)
-//!     .config(std::fs::read("policies/demo.json")?)
+//!     .config(std::fs::read("policies/example.json")?)
+//!     .env("CONSENTRY_PSEUDONYM_KEYS", consentry_host::fixtures::DEV_PSEUDONYM_KEYS)
 //!     .start()?;
 //! let out = proxy.send(Request::get("/patients/p-1"), Response::json(200, "{}"));
 //! assert_eq!(out.client.status, 401);
@@ -16,12 +17,16 @@
 //! that works only here would pass.
 
 pub mod abi;
+pub mod audit_log;
 pub mod fidelity;
+pub mod fixtures;
 pub mod message;
+pub mod mint;
 pub mod plugin;
 pub mod properties;
 pub mod proxy;
 pub mod replay;
+pub mod report;
 pub mod scenario;
 pub mod vm;
 pub mod world;

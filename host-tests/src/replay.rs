@@ -219,6 +219,17 @@ impl Exchange {
 
     /// Runs the exchange through a fresh proxy with `config`.
     pub fn run(&self, plugin: std::sync::Arc<Plugin>, config: &[u8]) -> Result<Replay, StartError> {
+        self.run_with_env(plugin, config, &[])
+    }
+
+    /// [`Exchange::run`] with environment variables for the VM (the secrets a
+    /// configuration names).
+    pub fn run_with_env(
+        &self,
+        plugin: std::sync::Arc<Plugin>,
+        config: &[u8],
+        env: &[(String, String)],
+    ) -> Result<Replay, StartError> {
         let request = self.client_request().map_err(StartError::Load)?;
         let response = self.upstream_response().map_err(StartError::Load)?;
         let now = self.time().map_err(StartError::Load)?;
@@ -229,7 +240,11 @@ impl Exchange {
                 .map_err(StartError::Load)?;
             table.insert(key.clone(), (r, Duration::from_millis(spec.delay_ms)));
         }
-        let mut proxy = Proxy::builder(plugin)
+        let mut builder = Proxy::builder(plugin);
+        for (k, v) in env {
+            builder = builder.env(k, v);
+        }
+        let mut proxy = builder
             .config(config.to_vec())
             .now(now)
             .callouts(

@@ -36,6 +36,25 @@ pub struct Expect {
     /// Headers the upstream must not receive.
     #[serde(default)]
     pub upstream_headers_absent: Vec<String>,
+    /// Headers the upstream must receive with exactly these values.
+    #[serde(default)]
+    pub upstream_headers: BTreeMap<String, String>,
+    /// The `:path` the upstream must receive.
+    #[serde(default)]
+    pub upstream_path: Option<String>,
+    /// The exact body the upstream must receive.
+    #[serde(default)]
+    pub upstream_body: Option<String>,
+    /// Members of the JSON body with exactly these values (dotted paths, numbers
+    /// index arrays: `billing.invoices.0.amount`).
+    #[serde(default)]
+    pub json: BTreeMap<String, Value>,
+    /// Members of the JSON body that must not exist.
+    #[serde(default)]
+    pub json_absent: Vec<String>,
+    /// Members of the JSON body that are strings starting with these prefixes.
+    #[serde(default)]
+    pub json_prefix: BTreeMap<String, String>,
 }
 
 /// One scenario file.
@@ -45,6 +64,10 @@ pub struct ScenarioFile {
     pub description: String,
     /// The configuration, relative to the workspace root.
     pub config: String,
+    /// Named consent tokens (`{{token:NAME}}` in the request); a persona's name
+    /// works without an entry.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, crate::fixtures::TokenSpec>,
     pub request: Value,
     #[serde(default)]
     pub upstream: Option<Value>,
@@ -55,7 +78,6 @@ pub struct ScenarioFile {
 pub struct Scenario {
     pub name: String,
     pub file: ScenarioFile,
-    pub exchange: Exchange,
 }
 
 /// What one host showed, reduced to what parity compares.
@@ -66,6 +88,9 @@ pub struct Observed {
     pub body: Vec<u8>,
     /// The headers the upstream received, if it was called.
     pub upstream_headers: Option<HeaderList>,
+    /// The path and body the upstream received, if it was called.
+    pub upstream_path: Option<String>,
+    pub upstream_body: Option<Vec<u8>>,
 }
 
 /// Headers whose values both hosts must agree on when either sends them.
@@ -85,20 +110,48 @@ impl Scenario {
         let text = std::fs::read_to_string(path)?;
         let file: ScenarioFile = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a scenario file", path.display()))?;
-        let mut exchange = serde_json::json!({ "request": file.request });
-        if let Some(u) = &file.upstream {
-            exchange["upstream"] = u.clone();
-        }
-        let exchange = Exchange::from_json(&exchange.to_string())?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(Self {
-            name,
-            file,
-            exchange,
-        })
+        let scenario = Self { name, file };
+        // Catch a malformed request now rather than in the middle of a run.
+        scenario.exchange(std::time::SystemTime::now())?;
+        Ok(scenario)
+    }
+
+    /// The exchange, with consent tokens issued at `now` in place of its
+    /// `{{token:NAME}}` placeholders.
+    pub fn exchange(&self, now: std::time::SystemTime) -> Result<Exchange> {
+        let mut exchange = serde_json::json!({ "request": self.file.request });
+        if let Some(u) = &self.file.upstream {
+            exchange["upstream"] = u.clone();
+        }
+        let text = crate::fixtures::fill_tokens(&exchange.to_string(), &self.file.tokens, now)
+            .with_context(|| format!("scenario {}", self.name))?;
+        Exchange::from_json(&text).with_context(|| format!("scenario {}", self.name))
+    }
+
+    /// Runs the scenario in the harness, with the development secrets and a consent
+    /// service answering the plugin's calls.
+    pub fn run_in_harness(
+        &self,
+        plugin: std::sync::Arc<crate::Plugin>,
+        root: &Path,
+    ) -> Result<crate::Outcome> {
+        let now = std::time::SystemTime::now();
+        let exchange = self.exchange(now)?;
+        let config = self.config_json(root)?;
+        let service = crate::fixtures::ConsentService::new();
+        let mut builder = crate::Proxy::builder(plugin).config(config).now(now);
+        for (k, v) in crate::fixtures::dev_env() {
+            builder = builder.env(&k, &v);
+        }
+        let mut proxy = builder
+            .callouts(move |c| service.answer(c, now))
+            .start()
+            .map_err(|e| anyhow!("{}: {e}", self.name))?;
+        Ok(proxy.send(exchange.client_request()?, exchange.upstream_response()?))
     }
 
     /// Every scenario in `dir`, in name order.
@@ -160,9 +213,68 @@ impl Scenario {
                     fails.push(format!("the upstream received {name}"));
                 }
             }
+            for (name, want) in &e.upstream_headers {
+                match header(up, name) {
+                    Some(v) if v == *want => {}
+                    got => fails.push(format!(
+                        "the upstream's header {name}: {got:?} (expected {want:?})"
+                    )),
+                }
+            }
+        }
+        if let Some(want) = &e.upstream_path
+            && seen.upstream_path.as_ref() != Some(want)
+        {
+            fails.push(format!(
+                "upstream path {:?} (expected {want:?})",
+                seen.upstream_path
+            ));
+        }
+        if let Some(want) = &e.upstream_body
+            && seen.upstream_body.as_deref() != Some(want.as_bytes())
+        {
+            fails.push(format!(
+                "upstream body {:?} (expected {want:?})",
+                seen.upstream_body.as_deref().map(String::from_utf8_lossy)
+            ));
+        }
+        if !e.json.is_empty() || !e.json_absent.is_empty() || !e.json_prefix.is_empty() {
+            match serde_json::from_slice::<Value>(&seen.body) {
+                Err(_) => fails.push("the body is not JSON".into()),
+                Ok(doc) => {
+                    for (path, want) in &e.json {
+                        match member(&doc, path) {
+                            Some(v) if v == want => {}
+                            got => fails.push(format!("body {path}: {got:?} (expected {want})")),
+                        }
+                    }
+                    for path in &e.json_absent {
+                        if member(&doc, path).is_some() {
+                            fails.push(format!("body {path} must not be there"));
+                        }
+                    }
+                    for (path, prefix) in &e.json_prefix {
+                        match member(&doc, path).and_then(Value::as_str) {
+                            Some(v) if v.starts_with(prefix.as_str()) => {}
+                            got => fails.push(format!(
+                                "body {path}: {got:?} (expected a string starting {prefix:?})"
+                            )),
+                        }
+                    }
+                }
+            }
         }
         fails
     }
+}
+
+/// A member by dotted path; numeric segments index arrays.
+fn member<'v>(doc: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.').try_fold(doc, |v, seg| match v {
+        Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        Value::Object(o) => o.get(seg),
+        _ => None,
+    })
 }
 
 fn header(headers: &HeaderList, name: &str) -> Option<String> {
@@ -255,6 +367,8 @@ impl From<&crate::proxy::Outcome> for Observed {
             headers: o.client.headers.clone(),
             body: o.client.body.clone(),
             upstream_headers: o.upstream_request.as_ref().map(|u| u.headers.clone()),
+            upstream_path: o.upstream_request.as_ref().map(|u| u.path.clone()),
+            upstream_body: o.upstream_request.as_ref().map(|u| u.body.clone()),
         }
     }
 }

@@ -22,7 +22,7 @@ fn port_near(preferred: u16) -> u16 {
 }
 
 fn main() -> Result<()> {
-    let policy = project_root().join("policies").join("demo.json");
+    let policy = project_root().join("policies").join("example.json");
     let upstream = consentry_example_service::spawn(&format!("127.0.0.1:{}", port_near(8081)))
         .context("starting the example service")?;
     let envoy = Envoy::builder()
@@ -33,26 +33,49 @@ fn main() -> Result<()> {
         .start()
         .context("starting Envoy")?;
     let base = envoy.base_url();
+    let now = std::time::SystemTime::now();
+    let token = |persona: &str| consentry_example_service::personas::persona_token(persona, now);
+    let service = upstream.base_url();
     println!();
     println!("Consentry demo");
-    println!("  Envoy + plugin   {base}  (policy: policies/demo.json)");
-    println!("  example service  {}", upstream.base_url());
+    println!("  Envoy + plugin    {base}   (policy: policies/example.json)");
+    println!("  example service   {service}   (also the consent service: keys, status lists)");
     println!(
-        "  Envoy admin      http://127.0.0.1:{}/stats?filter=consentry",
+        "  Envoy admin       http://127.0.0.1:{}/stats?filter=consentry",
         envoy.admin_port()
     );
+    println!();
+    println!("Development consent tokens (one hour), one per persona of examples/personas.json:");
+    for persona in ["insurer", "research-lab", "patient", "guardian", "stranger"] {
+        let var = persona.to_ascii_uppercase().replace('-', "_");
+        println!("  export {var}='{}'", token(persona)?);
+    }
     println!();
     println!("Try:");
     println!("  # no consent token: a masked 401 problem");
     println!("  curl -s {base}/patients/p-1");
-    println!("  # with a token: the record without national_id, contact and policy_number");
-    println!("  curl -s -H 'authorization: Bearer demo' {base}/patients/p-1");
+    println!(
+        "  # the insurer (purpose claims): billing and identity, no national id, no clinical data"
+    );
+    println!("  curl -s -H \"authorization: Bearer $INSURER\" {base}/patients/p-1");
+    println!("  # the research lab: clinical data, identity pseudonymised, birth year only");
+    println!("  curl -s -H \"authorization: Bearer $RESEARCH_LAB\" {base}/patients/p-2");
+    println!("  # the patient reads their own record; a guardian reads the minor's record");
+    println!("  curl -s -H \"authorization: Bearer $PATIENT\" {base}/patients/p-1");
+    println!("  curl -s -H \"authorization: Bearer $GUARDIAN\" {base}/patients/p-5");
+    println!("  # refused: someone else's record, and a purpose the policy does not serve");
+    println!("  curl -s -H \"authorization: Bearer $INSURER\" {base}/patients/p-2");
+    println!("  curl -s -H \"authorization: Bearer $STRANGER\" {base}/patients/p-1");
+    println!("  # revoke the insurer's consent (status list 1, index 0), then ask again (the");
+    println!("  # plugin refetches the list within its ttl of 60 s)");
+    println!("  curl -s -X PUT --data 1 {service}/admin/statuslists/1/0");
     println!("  # the same record straight from the service, for comparison");
-    println!("  curl -s {}/patients/p-1", upstream.base_url());
-    println!("  # a route the policy does not name: 403");
-    println!("  curl -s -H 'authorization: Bearer demo' {base}/patients/p-1/billing");
-    println!("  # an upstream failure: its leaky body is replaced by a masked 502");
-    println!("  curl -si -H 'authorization: Bearer demo' '{base}/patients/p-1?gzip=1'");
+    println!("  curl -s {service}/patients/p-1");
+    println!("  # audit records, hash-chained, in Envoy's log; stats at the admin endpoint");
+    println!(
+        "  curl -s 'http://127.0.0.1:{}/stats?filter=consentry'",
+        envoy.admin_port()
+    );
     println!();
     println!("Press Ctrl-C to stop.");
 

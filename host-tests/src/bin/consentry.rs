@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use consentry_host::replay::{Exchange, config_as_json};
-use consentry_host::{Plugin, Proxy, StartError, plugin::default_wasm_path};
+use consentry_host::{Plugin, Proxy, StartError, audit_log, plugin::default_wasm_path, report};
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +19,11 @@ struct Cli {
     /// The plugin to run (default: the workspace's release build, or $CONSENTRY_WASM).
     #[arg(long, global = true, value_name = "PATH")]
     wasm: Option<PathBuf>,
+    /// An environment variable of the plugin's VM (Envoy's
+    /// vm_config.environment_variables), e.g. the secrets a configuration names.
+    /// Repeatable. Without any, the CONSENTRY_* variables of this process are passed.
+    #[arg(long = "env", global = true, value_name = "NAME=VALUE")]
+    env: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +44,40 @@ enum Command {
         /// Print indented JSON.
         #[arg(long)]
         pretty: bool,
+    },
+    /// Sign a development consent token and print it (compact JWT).
+    Mint(consentry_host::mint::MintArgs),
+    /// Work with the plugin's audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Write a self-contained HTML dashboard from an audit log (and Envoy's /stats).
+    Report {
+        /// The audit log: Envoy's log, or bare JSON records one per line.
+        log: PathBuf,
+        /// A dump of Envoy's admin /stats (text: `name: value` lines).
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
+        /// Where to write the page.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+        /// An audit key to verify keyed chains with (repeatable).
+        #[arg(long = "key", value_name = "KID=BASE64")]
+        keys: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify every hash chain in an audit log: exit 0 with a summary, or exit 1
+    /// naming the first bad record.
+    Verify {
+        /// The audit log: Envoy's log, or bare JSON records one per line.
+        log: PathBuf,
+        /// An audit key (repeatable); given keys require every record to be keyed.
+        #[arg(long = "key", value_name = "KID=BASE64")]
+        keys: Vec<String>,
     },
 }
 
@@ -63,14 +102,35 @@ fn plugin(wasm: Option<PathBuf>) -> Result<std::sync::Arc<Plugin>> {
     Plugin::load(&wasm.unwrap_or_else(default_wasm_path))
 }
 
+/// The VM's environment: `--env` pairs, or this process's CONSENTRY_* variables.
+fn vm_env(given: &[String]) -> Result<Vec<(String, String)>> {
+    if given.is_empty() {
+        return Ok(std::env::vars()
+            .filter(|(k, _)| k.starts_with("CONSENTRY_"))
+            .collect());
+    }
+    given
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--env {kv}: expected NAME=VALUE"))
+        })
+        .collect()
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
+    let env = vm_env(&cli.env)?;
     match cli.command {
         Command::Check { config } => {
             let json = read_config(&config)?;
-            let started = Proxy::builder(plugin(cli.wasm)?)
+            let mut builder = Proxy::builder(plugin(cli.wasm)?)
                 .config(json)
-                .main_thread(false)
-                .start();
+                .main_thread(false);
+            for (k, v) in &env {
+                builder = builder.env(k, v);
+            }
+            let started = builder.start();
             match started {
                 Ok(_) => {
                     println!("{}: ok", config.display());
@@ -103,13 +163,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("reading {}", request.display()))?;
             let exchange = Exchange::from_json(&text)
                 .with_context(|| format!("{} is not a valid REQUEST file", request.display()))?;
-            let replay = exchange.run(plugin(cli.wasm)?, json.as_bytes())?;
+            let replay = exchange.run_with_env(plugin(cli.wasm)?, json.as_bytes(), &env)?;
             let out = if pretty {
                 serde_json::to_string_pretty(&replay)?
             } else {
                 serde_json::to_string(&replay)?
             };
             println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mint(args) => {
+            println!("{}", args.run()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { log, keys },
+        } => {
+            let verdict = audit_log::verify_file(&log, &audit_log::parse_keys(&keys)?)?;
+            print!("{}", verdict.text);
+            Ok(if verdict.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Report {
+            log,
+            stats,
+            output,
+            keys,
+        } => {
+            let keys = audit_log::parse_keys(&keys)?;
+            let written = report::write(&log, stats.as_deref(), &output, &keys)?;
+            println!("{written}");
             Ok(ExitCode::SUCCESS)
         }
     }

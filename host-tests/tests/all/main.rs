@@ -3,6 +3,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 mod fidelity;
+mod flows;
 mod parity;
+mod report;
 mod support;
-mod thin_slice;

@@ -12,19 +12,10 @@ fn every_scenario_meets_its_expectation_in_the_harness() {
     assert!(scenarios.len() >= 10, "the parity suite lost its scenarios");
     let mut failures = Vec::new();
     for s in &scenarios {
-        let config = s.config_json(&workspace_root()).unwrap();
-        let replay = s.exchange.run(plugin(), config.as_bytes()).unwrap();
-        let outcome = consentry_host::Outcome {
-            client: replay.client,
-            upstream_request: replay.upstream_request,
-            trap: replay.trap.clone(),
-            logs: replay.logs,
-            callouts_made: replay.callouts_made,
-            trace: vec![],
-        };
+        let outcome = s.run_in_harness(plugin(), &workspace_root()).unwrap();
         assert_eq!(outcome.trap, None, "{}: the plugin crashed", s.name);
         if let Err(e) = ensure_empty(&s.name, s.check(&Observed::from(&outcome))) {
-            failures.push(e.to_string());
+            failures.push(format!("{e}\n  trace: {:?}", outcome.trace));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

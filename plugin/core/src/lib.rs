@@ -3,14 +3,16 @@
 //! between the proxy and these functions; tests call them directly.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod config;
 pub mod filter;
 pub mod host;
 pub mod http;
 pub mod policy;
 pub mod problem;
+pub mod ratelimit;
 pub mod redact;
 pub mod route;
 pub mod token;
 
-pub use filter::{BodyAction, Exchange, Plugin, RequestAction, ResponseAction};
+pub use filter::{Attempt, BodyAction, Exchange, Plugin, RequestAction, ResponseAction};

@@ -146,7 +146,13 @@ pub enum RawUnclassified {
 #[serde(deny_unknown_fields)]
 pub struct RawField {
     pub path: String,
-    pub domain: String,
+    /// The data domain; required unless the field is `public`.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Not personal data (a record type, a timestamp): released to every allowed
+    /// request, whatever the consent covers.
+    #[serde(default)]
+    pub public: bool,
     #[serde(default)]
     pub sensitivity: Sensitivity,
     #[serde(default)]
@@ -166,12 +172,34 @@ pub enum Sensitivity {
     Special,
 }
 
-/// What happens to a field that is not released in clear.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+/// What happens to a field that is not released in clear. Written as a name
+/// (`"remove"`, `"mask"`, `"hash"`, `"pseudonymise"`, `"encrypt"`, with defaults) or
+/// as an object with options (`{"mask": {"keep_last": 4}}`, `{"generalise": "year"}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum RawAction {
     #[default]
     Remove,
+    Mask {
+        keep_first: usize,
+        keep_last: usize,
+        char: char,
+        keep_separators: bool,
+    },
+    Hash {
+        encoding: RawEncoding,
+    },
+    Pseudonymise {
+        key: Option<String>,
+    },
+    Generalise(RawGeneralise),
+    Encrypt,
+}
+
+/// The object form of [`RawAction`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawActionObject {
+    Remove {},
     Mask {
         #[serde(default)]
         keep_first: usize,
@@ -191,7 +219,72 @@ pub enum RawAction {
         key: Option<String>,
     },
     Generalise(RawGeneralise),
-    Encrypt,
+    Encrypt {},
+}
+
+impl<'de> Deserialize<'de> for RawAction {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawAction;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an action: \"remove\", \"mask\", \"hash\", \"pseudonymise\", \"encrypt\", or an object such as {\"generalise\": \"year\"}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAction, E> {
+                Ok(match v {
+                    "remove" => RawAction::Remove,
+                    "mask" => RawAction::Mask {
+                        keep_first: 0,
+                        keep_last: four(),
+                        char: star(),
+                        keep_separators: false,
+                    },
+                    "hash" => RawAction::Hash {
+                        encoding: RawEncoding::Hex,
+                    },
+                    "pseudonymise" | "pseudonymize" => RawAction::Pseudonymise { key: None },
+                    "encrypt" => RawAction::Encrypt,
+                    "generalise" | "generalize" => {
+                        return Err(E::custom(
+                            "generalise needs a form: {\"generalise\": \"year\"}, \"year_month\" or {\"bucket\": 10}",
+                        ));
+                    }
+                    other => {
+                        return Err(E::custom(format!(
+                            "unknown action '{other}'; use remove, mask, hash, pseudonymise, generalise or encrypt"
+                        )));
+                    }
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawAction, A::Error> {
+                let o = RawActionObject::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(match o {
+                    RawActionObject::Remove {} => RawAction::Remove,
+                    RawActionObject::Mask {
+                        keep_first,
+                        keep_last,
+                        char,
+                        keep_separators,
+                    } => RawAction::Mask {
+                        keep_first,
+                        keep_last,
+                        char,
+                        keep_separators,
+                    },
+                    RawActionObject::Hash { encoding } => RawAction::Hash { encoding },
+                    RawActionObject::Pseudonymise { key } => RawAction::Pseudonymise { key },
+                    RawActionObject::Generalise(g) => RawAction::Generalise(g),
+                    RawActionObject::Encrypt {} => RawAction::Encrypt,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn four() -> usize {
@@ -226,7 +319,11 @@ pub struct RawRequest {
     /// Request headers the upstream may receive besides the standard ones; `None`
     /// keeps all.
     pub headers: Option<Vec<String>>,
-    /// Per purpose, replaces `query` and `headers` for requests of that purpose.
+    /// JSON body fields (paths) the upstream may receive; the rest of a JSON
+    /// request body is removed. `None` forwards bodies untouched.
+    pub body: Option<Vec<String>>,
+    /// Per purpose, replaces `query`, `headers` and `body` for requests of that
+    /// purpose.
     pub by_purpose: BTreeMap<String, RawRequestPart>,
 }
 
@@ -235,6 +332,7 @@ pub struct RawRequest {
 pub struct RawRequestPart {
     pub query: Option<Vec<String>>,
     pub headers: Option<Vec<String>>,
+    pub body: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -353,7 +451,9 @@ pub struct Route {
 pub struct Field {
     pub text: String,
     pub path: FieldPath,
+    /// Index in the policy's domains; unused for public fields.
     pub domain: usize,
+    pub public: bool,
     pub sensitivity: Sensitivity,
     pub action: FieldAction,
 }
@@ -364,7 +464,9 @@ pub struct Field {
 pub struct RequestMinimisation {
     pub query: Option<Vec<String>>,
     pub headers: Option<Vec<String>>,
+    pub body: Option<Rc<Plan>>,
     pub by_purpose: BTreeMap<String, RawRequestPart>,
+    pub body_by_purpose: BTreeMap<String, Rc<Plan>>,
 }
 
 #[derive(Debug)]
@@ -378,7 +480,10 @@ pub struct Rule {
     pub require_domains: DomainSet,
     pub release: DomainSet,
     pub max_sensitivity: Sensitivity,
+    /// Actions for fields not released in clear, by domain.
     pub actions: HashMap<usize, FieldAction>,
+    /// Actions by classified field path; they beat the domain's.
+    pub field_actions: HashMap<String, FieldAction>,
     pub valid_from: Option<i64>,
     pub valid_until: Option<i64>,
     pub max_consent_age: Option<u64>,
@@ -540,13 +645,33 @@ impl Policy {
                         None
                     }
                 };
-                let domain = domain_index(&f.domain);
-                if domain.is_none() {
-                    err(
-                        fat("domain"),
-                        format!("unknown domain '{}'; declare it in $.domains", f.domain),
-                    );
-                }
+                let domain = match (&f.domain, f.public) {
+                    (Some(d), false) => {
+                        let i = domain_index(d);
+                        if i.is_none() {
+                            err(
+                                fat("domain"),
+                                format!("unknown domain '{d}'; declare it in $.domains"),
+                            );
+                        }
+                        i
+                    }
+                    (None, true) => Some(0),
+                    (Some(_), true) => {
+                        err(
+                            fat("public"),
+                            "a public field has no domain: drop one of them".into(),
+                        );
+                        None
+                    }
+                    (None, false) => {
+                        err(
+                            fat("domain"),
+                            "a field needs a domain (or \"public\": true for data that is not personal)".into(),
+                        );
+                        None
+                    }
+                };
                 let act = match action(&f.action, newest_key) {
                     Ok(a) => Some(a),
                     Err(e) => {
@@ -562,6 +687,7 @@ impl Policy {
                         text: f.path.clone(),
                         path,
                         domain,
+                        public: f.public,
                         sensitivity: f.sensitivity,
                         action,
                     });
@@ -629,7 +755,27 @@ impl Policy {
                 let require_domains = set(&rule.require_domains, "require_domains");
                 let release = set(&rule.release, "release");
                 let mut actions = HashMap::new();
+                let mut field_actions = HashMap::new();
                 for (d, a) in &rule.actions {
+                    if d.starts_with('$') {
+                        // A field path: it must be one the route classifies.
+                        match (
+                            fields.iter().any(|f: &Field| f.text == *d),
+                            action(a, newest_key),
+                        ) {
+                            (true, Ok(a)) => {
+                                field_actions.insert(d.clone(), a);
+                            }
+                            (false, _) => err(
+                                format!("$.routes[{ri}].rules[{k}].actions[\"{d}\"]"),
+                                format!("'{d}' is not a field this route classifies"),
+                            ),
+                            (_, Err(e)) => {
+                                err(format!("$.routes[{ri}].rules[{k}].actions[\"{d}\"]"), e)
+                            }
+                        }
+                        continue;
+                    }
                     match (domain_index(d), action(a, newest_key)) {
                         (Some(i), Ok(a)) => {
                             actions.insert(i, a);
@@ -721,6 +867,7 @@ impl Policy {
                     release,
                     max_sensitivity: rule.max_sensitivity.unwrap_or(Sensitivity::High),
                     actions,
+                    field_actions,
                     valid_from,
                     valid_until,
                     max_consent_age: rule.max_consent_age_seconds,
@@ -751,13 +898,41 @@ impl Policy {
                     }
                 };
             check_names(&r.request.headers, "headers", &mut err);
+            let body_plan = |paths: &[String], at: String, err: &mut dyn FnMut(String, String)| {
+                let mut rules = Vec::new();
+                for (j, text) in paths.iter().enumerate() {
+                    match FieldPath::parse(text) {
+                        Ok(p) => rules.push((p, FieldAction::Keep)),
+                        Err(e) => err(format!("{at}[{j}]"), format!("bad field path: {e}")),
+                    }
+                }
+                match Plan::build(rules, Unclassified::Remove) {
+                    Ok(plan) => Some(Rc::new(plan)),
+                    Err(e) => {
+                        err(at, format!("the body plan cannot be built: {e}"));
+                        None
+                    }
+                }
+            };
+            let body = r
+                .request
+                .body
+                .as_ref()
+                .and_then(|paths| body_plan(paths, at("request.body"), &mut err));
             let mut by_purpose = BTreeMap::new();
+            let mut body_by_purpose = BTreeMap::new();
             for (p, part) in &r.request.by_purpose {
                 if !raw.purposes.contains(p) {
                     err(
                         at(&format!("request.by_purpose.{p}")),
                         format!("unknown purpose '{p}'"),
                     );
+                }
+                if let Some(paths) = &part.body
+                    && let Some(plan) =
+                        body_plan(paths, at(&format!("request.by_purpose.{p}.body")), &mut err)
+                {
+                    body_by_purpose.insert(p.clone(), plan);
                 }
                 by_purpose.insert(p.clone(), part.clone());
             }
@@ -788,7 +963,9 @@ impl Policy {
                     request: RequestMinimisation {
                         query: r.request.query,
                         headers: r.request.headers,
+                        body,
                         by_purpose,
+                        body_by_purpose,
                     },
                     rules,
                 });
@@ -858,13 +1035,14 @@ impl Policy {
         let rule = r.rules.get(rule).ok_or("no such rule")?;
         let mut entries = Vec::with_capacity(r.fields.len());
         for f in &r.fields {
-            let in_clear =
-                released & (1u64 << f.domain) != 0 && f.sensitivity <= rule.max_sensitivity;
+            let in_clear = f.public
+                || (released & (1u64 << f.domain) != 0 && f.sensitivity <= rule.max_sensitivity);
             let a = if in_clear {
                 FieldAction::Keep
             } else {
-                rule.actions
-                    .get(&f.domain)
+                rule.field_actions
+                    .get(&f.text)
+                    .or_else(|| rule.actions.get(&f.domain))
                     .cloned()
                     .unwrap_or_else(|| f.action.clone())
             };
@@ -975,6 +1153,15 @@ impl Policy {
             .filter(|(i, _)| set & (1u64 << i) != 0)
             .map(|(_, d)| d.as_str())
             .collect()
+    }
+
+    /// The plan that minimises a JSON request body for a purpose, if the route has one.
+    pub fn request_body_plan(&self, route: usize, purpose: Option<&str>) -> Option<Rc<Plan>> {
+        let r = self.routes.get(route)?;
+        purpose
+            .and_then(|p| r.request.body_by_purpose.get(p))
+            .or(r.request.body.as_ref())
+            .cloned()
     }
 
     /// Query parameters and headers the upstream may receive for a purpose.
