@@ -18,6 +18,7 @@
 
 pub mod abi;
 pub mod audit_log;
+pub mod explain;
 pub mod fidelity;
 pub mod fixtures;
 pub mod message;

@@ -36,6 +36,15 @@ enum Command {
         /// The filter configuration.
         config: PathBuf,
     },
+    /// Explain the decision for one request (a REQUEST file): allowed or refused, the
+    /// rule that matched, the reason, and what every field of the response becomes.
+    Explain {
+        config: PathBuf,
+        request: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one exchange (a REQUEST file) through the plugin and print what the
     /// client and the upstream saw, as JSON. Exits 0 whatever the decision.
     Replay {
@@ -170,6 +179,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 serde_json::to_string(&replay)?
             };
             println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            config,
+            request,
+            json,
+        } => {
+            let config_json = read_config(&config)?;
+            let text = std::fs::read_to_string(&request)
+                .with_context(|| format!("reading {}", request.display()))?;
+            let exchange = Exchange::from_json(&text)
+                .with_context(|| format!("{} is not a valid REQUEST file", request.display()))?;
+            let replay = exchange.run_with_env(plugin(cli.wasm)?, config_json.as_bytes(), &env)?;
+            let explanation = consentry_host::explain::from_replay(&replay);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&explanation)?);
+            } else {
+                print!("{}", explanation.render());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Mint(args) => {

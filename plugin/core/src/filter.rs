@@ -178,6 +178,9 @@ impl From<TokenError> for Refusal {
     }
 }
 
+/// The prefix of the debug line that explains a decision.
+pub const EXPLAIN_MARKER: &str = "consentry-explain ";
+
 /// How long after a failed fetch the same resource is not fetched again.
 pub const FETCH_BACKOFF_MS: u64 = 1_000;
 
@@ -689,7 +692,7 @@ impl Plugin {
         ex: &mut Exchange,
     ) -> Result<RequestAction, Refusal> {
         let token = self
-            .find_token(&head.headers)
+            .find_token(&head.headers, head.query())
             .map_err(|c| Refusal::Problem(c, "token_location"))?;
         let now_s = u64::try_from(unix_seconds(host.now())).unwrap_or(0);
         let consent = self.consent(token, host, now_s, may_wait)?;
@@ -750,6 +753,9 @@ impl Plugin {
             .rule
             .and_then(|k| route.rules.get(k))
             .map(|r| r.name.clone());
+        if host.debug_enabled() {
+            self.explain(&decision, route_index, host);
+        }
         if !decision.allow {
             let code = match decision.reason {
                 crate::policy::Reason::PurposeAmbiguous
@@ -794,6 +800,43 @@ impl Plugin {
             ex.request_purpose.clone_from(&decision.purpose);
         }
         Ok(RequestAction::Forward { edits, hold_body })
+    }
+
+    /// A debug line that explains a decision (`consentry explain` reads it): route,
+    /// rule, reason, purpose, released domains, and the action for every classified
+    /// field. Names only, never a value.
+    fn explain(&self, d: &Decision, route_index: usize, host: &mut dyn Host) {
+        let policy = &self.config.policy;
+        let Some(route) = policy.routes.get(route_index) else {
+            return;
+        };
+        let plan = d
+            .rule
+            .filter(|_| d.allow)
+            .and_then(|k| policy.plan(route_index, k, d.released).ok());
+        let fields: Vec<serde_json::Value> = match &plan {
+            Some(p) => p
+                .rules()
+                .iter()
+                .zip(route.fields.iter())
+                .map(|((_, a), f)| serde_json::json!([f.text, action_name(a)]))
+                .collect(),
+            None => Vec::new(),
+        };
+        let line = serde_json::json!({
+            "route": route.name,
+            "rule": d.rule.and_then(|k| route.rules.get(k)).map(|r| r.name.clone()),
+            "decision": if d.allow { "allow" } else { "deny" },
+            "reason": d.reason.as_str(),
+            "purpose": d.purpose,
+            "released": policy.domain_names(d.released),
+            "unclassified": match route.unclassified {
+                crate::redact::Unclassified::Remove => "remove",
+                crate::redact::Unclassified::Keep => "release",
+            },
+            "fields": fields,
+        });
+        host.log(LogLevel::Debug, &format!("{EXPLAIN_MARKER}{line}"));
     }
 
     /// Verifies the token, fetching the issuer's keys when it names one not known yet.
@@ -916,8 +959,28 @@ impl Plugin {
 
     /// The token from its configured place: exactly one occurrence, with the
     /// configured scheme, non-empty.
-    fn find_token<'h>(&self, headers: &'h Headers) -> Result<&'h [u8], Code> {
+    fn find_token<'h>(&self, headers: &'h Headers, query: Option<&str>) -> Result<&'h [u8], Code> {
         let loc = &self.config.token;
+        // A token in a second place (a bearer Authorization header beside a custom
+        // token header, or an access_token query parameter, RFC 6750) is ambiguous:
+        // refuse rather than pick one.
+        let in_query = query.is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == "access_token")
+        });
+        let elsewhere = loc.header != "authorization"
+            && headers.get_all("authorization").any(|v| {
+                v.len() > 7
+                    && v.get(..7)
+                        .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
+            });
+        if in_query || elsewhere {
+            return Err(if headers.contains(&loc.header) {
+                Code::TokenAmbiguous
+            } else {
+                Code::TokenMissing
+            });
+        }
         let value = headers.get_single(&loc.header).map_err(|n| {
             if n == 0 {
                 Code::TokenMissing

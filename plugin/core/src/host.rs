@@ -49,6 +49,11 @@ pub trait Host {
 
     fn log(&mut self, level: LogLevel, message: &str);
 
+    /// Whether debug lines are wanted: building them costs, so the core asks first.
+    fn debug_enabled(&mut self) -> bool {
+        false
+    }
+
     /// Reads a value shared by every worker of the proxy, with its CAS token.
     fn shared_get(&mut self, key: &str) -> Option<(Vec<u8>, u32)>;
 

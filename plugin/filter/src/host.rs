@@ -59,6 +59,10 @@ impl Host for ProxyHost {
         let _ = hostcalls::log(level, message);
     }
 
+    fn debug_enabled(&mut self) -> bool {
+        hostcalls::get_log_level().is_ok_and(|l| l as u32 <= ProxyLevel::Debug as u32)
+    }
+
     fn shared_get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
         match hostcalls::get_shared_data(key) {
             Ok((value, cas)) => {
