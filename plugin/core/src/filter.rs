@@ -26,7 +26,7 @@ use crate::audit::{self, AuditEntry, AuditKey, AuditShipper, AuditTrail, FieldRe
 use crate::config::{Config, ConfigErrors, EnvLookup};
 use crate::host::{Host, LogLevel, OutgoingCall, unix_seconds};
 use crate::http::{HeaderEdits, Headers, LocalReply, RequestHead};
-use crate::policy::{Decision, Facts, cidr};
+use crate::policy::{Decision, Facts, Route, STANDARD_RESPONSE_HEADERS, cidr};
 use crate::problem::{self, Code};
 use crate::ratelimit::{self, RateKey};
 use crate::redact::{self, Plan, RedactContext};
@@ -131,6 +131,8 @@ pub struct Exchange {
     route: Option<usize>,
     plan: Option<Rc<Plan>>,
     request_purpose: Option<String>,
+    /// Header edits for a held response, decided when its headers arrived.
+    held_response_edits: HeaderEdits,
     outcome: Outcome,
 }
 
@@ -555,6 +557,7 @@ impl Plugin {
             route: None,
             plan: None,
             request_purpose: None,
+            held_response_edits: HeaderEdits::default(),
             outcome: Outcome {
                 caller: caller_identity(head),
                 ..Outcome::default()
@@ -1219,11 +1222,22 @@ impl Plugin {
         self.problem(code, exchange)
     }
 
-    /// Response headers every released response loses.
-    fn response_edits(&self, head_request: bool) -> HeaderEdits {
+    /// Response headers a released response loses: the configured removals, and
+    /// on a route with a header allow-list every header it does not name.
+    fn response_edits(&self, route: &Route, headers: &Headers, head_request: bool) -> HeaderEdits {
         let mut edits = HeaderEdits::default();
         for h in &self.config.remove_response_headers {
             edits.remove(h);
+        }
+        if let Some(allowed) = &route.response_headers {
+            for (name, _) in headers.iter() {
+                let kept = name.starts_with(':')
+                    || STANDARD_RESPONSE_HEADERS.contains(&name)
+                    || allowed.iter().any(|a| a == name);
+                if !kept && !edits.remove.iter().any(|r| r == name) {
+                    edits.remove(name);
+                }
+            }
         }
         if head_request {
             // The length of the unredacted body would leak its size.
@@ -1270,7 +1284,11 @@ impl Plugin {
             || end_of_stream;
         if no_body {
             exchange.stage = Stage::Done;
-            return ResponseAction::Pass(self.response_edits(exchange.method_is_head));
+            return ResponseAction::Pass(self.response_edits(
+                route,
+                headers,
+                exchange.method_is_head,
+            ));
         }
         if !(200..300).contains(&status) && !(400..500).contains(&status) {
             // 3xx with a body, or anything odd: nothing to redact it with.
@@ -1297,6 +1315,7 @@ impl Plugin {
                 host,
             ));
         }
+        exchange.held_response_edits = self.response_edits(route, headers, false);
         exchange.stage = Stage::Holding;
         ResponseAction::Hold
     }
@@ -1389,7 +1408,7 @@ impl Plugin {
                 exchange.stage = Stage::Done;
                 count_report(&out.report, host);
                 exchange.outcome.report = Some(out.report);
-                let mut headers = self.response_edits(false);
+                let mut headers = std::mem::take(&mut exchange.held_response_edits);
                 headers.set("content-length", out.body.len().to_string());
                 BodyAction::Release {
                     body: out.body,

@@ -121,7 +121,23 @@ pub struct RawResponse {
     pub fields: Vec<RawField>,
     /// Replace 4xx bodies from the upstream with a masked problem too.
     pub mask_client_errors: bool,
+    /// Response headers the client may receive besides the standard ones
+    /// ([`STANDARD_RESPONSE_HEADERS`]); `None` passes every header the
+    /// `errors.remove_response_headers` list does not remove.
+    pub headers: Option<Vec<String>>,
 }
+
+/// Response headers that describe the representation rather than the data, kept
+/// whatever a route's `response.headers` allow-list says.
+pub const STANDARD_RESPONSE_HEADERS: [&str; 7] = [
+    "content-type",
+    "content-length",
+    "date",
+    "cache-control",
+    "expires",
+    "vary",
+    "x-request-id",
+];
 
 impl Default for RawResponse {
     fn default() -> Self {
@@ -130,6 +146,7 @@ impl Default for RawResponse {
             unclassified: RawUnclassified::Remove,
             fields: Vec::new(),
             mask_client_errors: false,
+            headers: None,
         }
     }
 }
@@ -443,6 +460,8 @@ pub struct Route {
     pub unclassified: Unclassified,
     pub fields: Vec<Field>,
     pub mask_client_errors: bool,
+    /// Response headers allowed besides the standard ones; `None` allows all.
+    pub response_headers: Option<Vec<String>>,
     pub request: RequestMinimisation,
     pub rules: Vec<Rule>,
 }
@@ -898,6 +917,14 @@ impl Policy {
                     }
                 };
             check_names(&r.request.headers, "headers", &mut err);
+            for (j, h) in r.response.headers.iter().flatten().enumerate() {
+                if !is_header_name(h) {
+                    err(
+                        format!("$.routes[{ri}].response.headers[{j}]"),
+                        "must be a lower-case header name".into(),
+                    );
+                }
+            }
             let body_plan = |paths: &[String], at: String, err: &mut dyn FnMut(String, String)| {
                 let mut rules = Vec::new();
                 for (j, text) in paths.iter().enumerate() {
@@ -960,6 +987,7 @@ impl Policy {
                     },
                     fields,
                     mask_client_errors: r.response.mask_client_errors,
+                    response_headers: r.response.headers,
                     request: RequestMinimisation {
                         query: r.request.query,
                         headers: r.request.headers,
