@@ -539,6 +539,48 @@ impl Proxy {
         }
     }
 
+    /// The client resets a stream it began (or gives up waiting): as in Envoy, the
+    /// plugin's context gets on_log, on_done and on_delete wherever the stream
+    /// was, and nothing more reaches it; calls it dispatched are answered to no one.
+    pub fn reset(&mut self, key: StreamKey) -> Outcome {
+        let found = self.workers.iter().enumerate().find_map(|(w, worker)| {
+            worker
+                .streams
+                .iter()
+                .position(|r| r.key == key.0)
+                .map(|i| (w, i))
+        });
+        if let Some((w, i)) = found
+            && self.workers[w].streams[i].phase != Phase::Done
+        {
+            let context = self.workers[w].streams[i].context;
+            let result = match self.workers[w].vm.as_mut() {
+                Some(vm) if context != 0 => vm.finish_stream(context),
+                _ => Ok(()),
+            };
+            let run = &mut self.workers[w].streams[i];
+            run.trace
+                .push("client reset; on_log, on_done, on_delete".into());
+            run.result = Some((
+                ClientResponse {
+                    status: 0,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    fault: Some(ClientFault::Reset {
+                        reason: "reset by the client".into(),
+                    }),
+                },
+                None,
+            ));
+            run.phase = Phase::Done;
+            match result {
+                Ok(()) => self.collect_dispatched(w),
+                Err(trap) => self.crash(w, trap),
+            }
+        }
+        self.finish(key)
+    }
+
     /// Runs every stream until none can move without time passing. Returns
     /// whether anything happened.
     pub fn run_idle(&mut self) -> bool {
@@ -690,13 +732,20 @@ impl Proxy {
         }
     }
 
-    /// Takes the calls worker `w`'s VM dispatched and schedules their answers.
+    /// Takes the calls worker `w`'s VM dispatched and schedules their answers, and
+    /// restarts its timer if the plugin set the period.
     fn collect_dispatched(&mut self, w: usize) {
-        let Some(vm) = self.workers.get_mut(w).and_then(|wk| wk.vm.as_mut()) else {
+        let now = self.now();
+        let Some(worker) = self.workers.get_mut(w) else {
             return;
         };
+        let Some(vm) = worker.vm.as_mut() else {
+            return;
+        };
+        if std::mem::take(&mut vm.state_mut().tick_restarted) {
+            worker.next_tick = vm.state().tick_period.map(|p| now + p);
+        }
         let calls = std::mem::take(&mut vm.state_mut().dispatched);
-        let now = self.now();
         for call in calls {
             self.callouts_made.push(call.callout.clone());
             let answer = (self.callouts)(&call.callout);

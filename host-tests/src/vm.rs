@@ -138,6 +138,9 @@ pub struct HostState {
     pub next_token: u32,
     pub call_response: Option<CallResponseView>,
     pub tick_period: Option<Duration>,
+    /// `proxy_set_tick_period_milliseconds` ran since the proxy last looked: as in
+    /// Envoy, the timer restarts then, from any context, at the new period.
+    pub tick_restarted: bool,
     pub metric_names: Vec<(String, MetricType)>,
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
     /// Set by `proxy_send_local_response`: Envoy then stops iteration whatever
@@ -239,6 +242,7 @@ impl Vm {
             next_token: 0,
             call_response: None,
             tick_period: None,
+            tick_restarted: false,
             metric_names: Vec::new(),
             properties: HashMap::new(),
             stop_iteration: false,
@@ -719,6 +723,7 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Cx<'_>, ms: u32| -> u32 {
             let s = c.data_mut();
             s.tick_period = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
+            s.tick_restarted = true;
             Status::Ok.code()
         },
     )?;

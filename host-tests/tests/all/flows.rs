@@ -180,6 +180,8 @@ fn a_revoked_consent_is_refused_once_the_status_list_is_refetched() {
     // request, and the one after sees the revocation.
     proxy.advance(Duration::from_secs(61));
     let _ = proxy.send(Request::get("/patients/p-1").bearer(&token), record_p1());
+    // The refresh is fetched in the background, from the plugin's timer.
+    proxy.advance(Duration::from_millis(50));
     let refused = proxy.send(Request::get("/patients/p-1").bearer(&token), record_p1());
     assert_eq!(
         (refused.client.status, code(&refused).as_str()),
@@ -189,10 +191,85 @@ fn a_revoked_consent_is_refused_once_the_status_list_is_refetched() {
     service.set_status("1", 0, 2);
     proxy.advance(Duration::from_secs(61));
     let _ = proxy.send(Request::get("/patients/p-1").bearer(&token), record_p1());
+    // The refresh is fetched in the background, from the plugin's timer.
+    proxy.advance(Duration::from_millis(50));
     let suspended = proxy.send(Request::get("/patients/p-1").bearer(&token), record_p1());
     assert_eq!(
         (suspended.client.status, code(&suspended).as_str()),
         (403, "consent_suspended")
+    );
+}
+
+#[test]
+fn a_refresh_started_by_a_refused_request_still_completes() {
+    let (service, now) = (ConsentService::new(), SystemTime::now());
+    let mut proxy = proxy_with(example_policy(|_| {}), &service, now)
+        .start()
+        .unwrap();
+    let token = insurer_token(now);
+    let ok = proxy.send(Request::get("/patients/p-1").bearer(&token), record_p1());
+    assert_eq!(ok.client.status, 200, "{:#?}", ok.trace);
+    service.set_status("1", 0, 1);
+    proxy.advance(Duration::from_secs(61));
+    // Past the ttl, a request the policy refuses (another patient) is the one that
+    // starts the refresh; its stream ends at once, and the refresh must not end
+    // with it (a call's answer goes to the context that made the call).
+    let other = proxy.send(Request::get("/patients/p-2").bearer(&token), record_p1());
+    assert_eq!(
+        (other.client.status, code(&other).as_str()),
+        (403, "access_denied")
+    );
+    proxy.advance(Duration::from_millis(50));
+    let lists = |s: &ConsentService| {
+        s.calls()
+            .iter()
+            .filter(|c| c.contains("/statuslists/"))
+            .count()
+    };
+    assert_eq!(lists(&service), 2, "the refresh went out");
+    let refused = proxy.send(Request::get("/patients/p-1").bearer(&token), record_p1());
+    assert_eq!(
+        (refused.client.status, code(&refused).as_str()),
+        (403, "consent_revoked")
+    );
+}
+
+#[test]
+fn a_client_that_gives_up_while_waiting_does_not_strand_the_others() {
+    let (service, now) = (ConsentService::new(), SystemTime::now());
+    let slow = service.clone();
+    let mut proxy = proxy_with(example_policy(|_| {}), &service, now)
+        .callouts(move |c| match slow.answer(c, now) {
+            CalloutAnswer::Respond { response, .. } if c.path.starts_with("/statuslists/") => {
+                CalloutAnswer::Respond {
+                    response,
+                    delay: Duration::from_millis(200),
+                }
+            }
+            other => other,
+        })
+        .start()
+        .unwrap();
+    let token = insurer_token(now);
+    // The first request fetches the status list and waits; the second waits for
+    // the same fetch; then the first client goes away, and with its stream the
+    // answer to the call it made.
+    let first = proxy.begin(Request::get("/patients/p-1").bearer(&token), record_p1());
+    proxy.advance(Duration::from_millis(20));
+    let second = proxy.begin(Request::get("/patients/p-1").bearer(&token), record_p1());
+    proxy.advance(Duration::from_millis(20));
+    let gone = proxy.reset(first);
+    assert_eq!(gone.client.status, 0);
+    let out = proxy.finish(second);
+    assert_eq!(out.client.status, 200, "{:#?}", out.trace);
+    let lists = service
+        .calls()
+        .iter()
+        .filter(|c| c.contains("/statuslists/"))
+        .count();
+    assert_eq!(
+        lists, 2,
+        "the lost fetch was made again, from the plugin's timer"
     );
 }
 

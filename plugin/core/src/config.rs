@@ -528,37 +528,62 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigErrors> {
         }
     };
     if let Some(p) = &policy {
-        for (ri, route) in p.routes.iter().enumerate() {
+        for route in &p.routes {
             for (fi, field) in route.fields.iter().enumerate() {
                 if let crate::redact::FieldAction::Pseudonymise { key_id } = &field.action
                     && pseudonym_keys.get(key_id).is_none()
                 {
                     err(
+                        format!("$.routes[{}].response.fields[{fi}].action", route.index),
                         format!(
-                            "$.routes[?name=={}].response.fields[{fi}].action",
-                            route.name
-                        ),
-                        format!(
-                            "pseudonymise needs the key '{key_id}': configure $.secrets.pseudonym_keys (route {ri})"
+                            "pseudonymise needs the key '{key_id}': configure $.secrets.pseudonym_keys"
                         ),
                     );
                 }
             }
-            for rule in &route.rules {
+            for (k, rule) in route.rules.iter().enumerate() {
                 for a in rule.actions.values() {
                     if let crate::redact::FieldAction::Pseudonymise { key_id } = a
                         && pseudonym_keys.get(key_id).is_none()
                     {
                         err(
-                            format!(
-                                "$.routes[?name=={}].rules[?name=={}].actions",
-                                route.name, rule.name
-                            ),
+                            format!("$.routes[{}].rules[{k}].actions", route.index),
                             format!(
                                 "pseudonymise needs the key '{key_id}': configure $.secrets.pseudonym_keys"
                             ),
                         );
                     }
+                }
+            }
+        }
+    }
+    // Encryption is to the grantee's key: a rule that can encrypt for a grantee
+    // with no key would withhold every response it allows.
+    if let Some(p) = &policy {
+        let is_encrypt = |a: &crate::redact::FieldAction| *a == crate::redact::FieldAction::Encrypt;
+        for route in &p.routes {
+            let field_encrypts = route.fields.iter().any(|f| is_encrypt(&f.action));
+            for (k, rule) in route.rules.iter().enumerate() {
+                let rule_encrypts = rule.actions.values().any(is_encrypt)
+                    || rule.field_actions.values().any(is_encrypt);
+                if rule.effect != policy::Effect::Allow || !(field_encrypts || rule_encrypts) {
+                    continue;
+                }
+                let at = format!("$.routes[{}].rules[{k}]", route.index);
+                if rule.grantees.is_empty() && recipients.is_empty() {
+                    err(
+                        at,
+                        "fields are encrypted to the grantee's key, but $.recipients has no key"
+                            .into(),
+                    );
+                } else if let Some(g) = rule.grantees.iter().find(|g| !recipients.contains_key(*g))
+                {
+                    err(
+                        at,
+                        format!(
+                            "fields are encrypted to the grantee's key, but $.recipients has none for '{g}'"
+                        ),
+                    );
                 }
             }
         }
@@ -614,17 +639,32 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigErrors> {
             );
         }
         let mut s = audit::ShipperConfig::new(&c.cluster, &c.authority, &c.path);
-        if let Some(n) = c.max_batch_records {
-            s.max_batch_records = n.max(1);
+        let mut at_least_one = |value: Option<usize>, name: &str| {
+            if value == Some(0) {
+                err(
+                    format!("$.audit.collector.{name}"),
+                    "must be greater than 0".into(),
+                );
+            }
+            value
+        };
+        if let Some(n) = at_least_one(c.max_batch_records, "max_batch_records") {
+            s.max_batch_records = n;
+        }
+        if let Some(n) = at_least_one(c.max_queue_records, "max_queue_records") {
+            s.max_queue_records = n;
         }
         if let Some(ms) = c.max_batch_age_ms {
             s.max_batch_age = std::time::Duration::from_millis(ms);
         }
-        if let Some(n) = c.max_queue_records {
-            s.max_queue_records = n.max(1);
-        }
         if let Some(ms) = c.timeout_ms {
-            s.timeout = std::time::Duration::from_millis(ms.clamp(1, 60_000));
+            if !(1..=60_000).contains(&ms) {
+                err(
+                    "$.audit.collector.timeout_ms".into(),
+                    format!("{ms} is out of range: 1 to 60000 milliseconds"),
+                );
+            }
+            s.timeout = std::time::Duration::from_millis(ms);
         }
         s
     });
@@ -753,6 +793,105 @@ mod tests {
             e.iter().any(|m| m.contains("pseudonymise needs the key")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn load_errors_found_after_routes_are_ordered_name_the_document_index() {
+        // Two routes; the second is more specific and is sorted first.
+        let json = minimal("").replace(
+            r#""routes":["#,
+            r#""routes":[{"name":"s","path":"/a/b/{id}","response":{"fields":[{"path":"$.c","domain":"billing","action":{"pseudonymise":{"key":"k9"}}}]},
+                          "rules":[{"name":"y","purposes":["claims"],"release":["billing"]}]},"#,
+        );
+        let e = errors(&json, &no_env);
+        assert!(
+            e.iter().any(|m| m.starts_with(
+                "$.routes[0].response.fields[0].action: pseudonymise needs the key 'k9'"
+            )),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_names_and_impossible_settings_are_refused_at_load() {
+        let field = r#"{"path":"$.b","domain":"billing"}"#;
+        let with_field = |f: &str| minimal("").replace(field, f);
+        let cases = [
+            (
+                with_field(
+                    r#"{"path":"$.b","domain":"billing","action":{"pseudonymise":{"key":"dev 1"}}}"#,
+                ),
+                "'dev 1' is not a key id",
+            ),
+            (
+                with_field(r#"{"path":"$.b","domain":"billing","action":{"mask":{},"hash":{}}}"#),
+                "an action object has exactly one member",
+            ),
+            (
+                minimal("").replace(
+                    r#""release":["billing"]"#,
+                    r#""release":["billing"],"subject":{"is":"id","acts_for":"id"}"#,
+                ),
+                "subject has exactly one member",
+            ),
+            (
+                minimal("").replace(
+                    r#""rules":"#,
+                    r#""request":{"by_purpose":{"claims":{"headers":["X Bad"]}}},"rules":"#,
+                ),
+                "$.routes[0].request.by_purpose.claims.headers[0]: must be a lower-case header name",
+            ),
+            (
+                minimal("").replace(
+                    r#""response":{"#,
+                    r#""response":{"content_types":["application/x-ndjson"],"#,
+                ),
+                "cannot be redacted",
+            ),
+            (
+                minimal("").replace(
+                    r#""response":{"#,
+                    r#""response":{"content_types":["Application/JSON"],"#,
+                ),
+                "cannot be redacted",
+            ),
+            (
+                minimal("").replace(
+                    r#""release":["billing"]"#,
+                    r#""release":["billing"],"hours":{"from":"08:00","to":"18:00","days":[]}"#,
+                ),
+                "hours.days: no day is listed",
+            ),
+            (
+                minimal(
+                    r#","audit":{"collector":{"cluster":"c","authority":"a","path":"/p","timeout_ms":0}}"#,
+                ),
+                "$.audit.collector.timeout_ms: 0 is out of range",
+            ),
+            (
+                minimal(
+                    r#","audit":{"collector":{"cluster":"c","authority":"a","path":"/p","max_batch_records":0}}"#,
+                ),
+                "$.audit.collector.max_batch_records: must be greater than 0",
+            ),
+            (
+                with_field(
+                    r#"{"path":"$.b","domain":"billing"},{"path":"$.c","domain":"contact","action":"encrypt"}"#,
+                )
+                .replace(r#""domains":["billing"]"#, r#""domains":["billing","contact"]"#),
+                "$.recipients has no key",
+            ),
+        ];
+        for (json, needle) in cases {
+            let e = errors(&json, &no_env);
+            assert!(e.iter().any(|m| m.contains(needle)), "{needle}: {e:?}");
+        }
+        // The structured JSON types are fine.
+        let ok = minimal("").replace(
+            r#""response":{"#,
+            r#""response":{"content_types":["application/json","application/fhir+json"],"#,
+        );
+        assert!(Config::from_json(ok.as_bytes(), &no_env).is_ok());
     }
 
     #[test]

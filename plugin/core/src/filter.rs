@@ -144,6 +144,12 @@ pub struct Plugin {
     lists: RefCell<HashMap<String, StatusList>>,
     /// Outgoing calls in flight: token → resource, start (ms).
     calls: RefCell<HashMap<u32, (Resource, u64)>>,
+    /// Refreshes nobody waits for, dispatched from the timer: the proxy-wasm SDK
+    /// hands a call's answer to the context that made it, and a stream's context
+    /// (with the answer) is gone once its request ends. A fetch a request waits
+    /// for is dispatched from that request, which lives until the answer unless
+    /// its client goes away (then [`Plugin::forget_calls`]).
+    wanted: RefCell<Vec<Resource>>,
     /// When each issuer's JWKS was last fetched (ms), for the refresh timer.
     jwks_fetched: RefCell<HashMap<String, u64>>,
     /// When a fetch of each resource last failed (ms): it is not retried within
@@ -213,6 +219,7 @@ impl Plugin {
             tokens: RefCell::new(tokens),
             lists: RefCell::new(HashMap::new()),
             calls: RefCell::new(HashMap::new()),
+            wanted: RefCell::new(Vec::new()),
             jwks_fetched: RefCell::new(HashMap::new()),
             failed: RefCell::new(HashMap::new()),
             trail: RefCell::new(None),
@@ -246,10 +253,47 @@ impl Plugin {
         }
     }
 
-    /// The timer: refreshes remote keys when due and forgets calls that never came
-    /// back (Envoy cancels nothing it owns, but a call's answer can be lost with the
-    /// stream that dispatched it).
-    pub fn on_tick(&self, host: &mut dyn Host) {
+    /// Whether refreshes wait for the timer: the proxy should fire it at once
+    /// (see [`Plugin::on_tick`]).
+    pub fn has_wanted_calls(&self) -> bool {
+        !self.wanted.borrow().is_empty()
+    }
+
+    /// The stream that dispatched these calls ended before their answers: they
+    /// will never arrive. What they fetched is fetched again from the timer, so
+    /// other requests waiting for it keep waiting for an answer that will come.
+    pub fn forget_calls(&self, tokens: &[u32]) {
+        let lost: Vec<Resource> = {
+            let mut calls = self.calls.borrow_mut();
+            tokens
+                .iter()
+                .filter_map(|t| calls.remove(t))
+                .map(|(res, _)| res)
+                .collect()
+        };
+        for res in lost {
+            if !self.in_flight(&res) {
+                self.wanted.borrow_mut().push(res);
+            }
+        }
+    }
+
+    /// Dispatches the wanted fetches; must run in the plugin's root context.
+    /// Returns the resources whose call could not even be made: their waiters are
+    /// decided again (and fail fast while the fetch backs off).
+    fn dispatch_wanted(&self, host: &mut dyn Host) -> Vec<Resource> {
+        let wanted = std::mem::take(&mut *self.wanted.borrow_mut());
+        wanted
+            .into_iter()
+            .filter(|res| !self.dispatch(res, host))
+            .collect()
+    }
+
+    /// The timer, in the plugin's root context: dispatches the wanted fetches,
+    /// refreshes remote keys when due, and forgets calls that never came back.
+    /// Returns the resources whose fetch failed at once (their waiters are
+    /// decided again).
+    pub fn on_tick(&self, host: &mut dyn Host) -> Vec<Resource> {
         let now = millis(host);
         let stale: Vec<u32> = self
             .calls
@@ -276,6 +320,7 @@ impl Plugin {
                 self.fetch(&Resource::Keys { issuer }, host);
             }
         }
+        let failed = self.dispatch_wanted(host);
         let every = self.config.audit.checkpoint_seconds.saturating_mul(1000);
         if every > 0 && now.saturating_sub(self.last_checkpoint_ms.get()) >= every {
             self.last_checkpoint_ms.set(now);
@@ -289,6 +334,7 @@ impl Plugin {
             }
         }
         self.ship(host);
+        failed
     }
 
     /// Sends the next batch of audit records, if one is due.
@@ -359,25 +405,37 @@ impl Plugin {
     }
 
     fn in_flight(&self, res: &Resource) -> bool {
-        self.calls.borrow().values().any(|(r, _)| r == res)
+        self.calls.borrow().values().any(|(r, _)| r == res) || self.wanted.borrow().contains(res)
     }
 
-    /// Starts fetching `res` unless a fetch is already under way. Returns whether a
-    /// fetch is now in flight.
+    /// Whether a fetch of `res` failed so recently that it is not tried again yet.
+    fn backing_off(&self, res: &Resource, host: &mut dyn Host) -> bool {
+        let now = millis(host);
+        self.failed
+            .borrow()
+            .get(res)
+            .is_some_and(|t| now.saturating_sub(*t) < FETCH_BACKOFF_MS)
+    }
+
+    /// Starts fetching `res` now, from the running context, unless a fetch is
+    /// already under way or backing off. Returns whether a fetch is under way.
     fn fetch(&self, res: &Resource, host: &mut dyn Host) -> bool {
         if self.in_flight(res) {
             return true;
         }
-        let now = millis(host);
-        if self
-            .failed
-            .borrow()
-            .get(res)
-            .is_some_and(|t| now.saturating_sub(*t) < FETCH_BACKOFF_MS)
-        {
-            return false;
+        !self.backing_off(res, host) && self.dispatch(res, host)
+    }
+
+    /// Queues a refresh of `res` for the timer (see the `wanted` field).
+    fn refresh_later(&self, res: &Resource, host: &mut dyn Host) {
+        if !self.in_flight(res) && !self.backing_off(res, host) {
+            self.wanted.borrow_mut().push(res.clone());
         }
-        let call = {
+    }
+
+    /// The outgoing call that fetches `res`.
+    fn call_for(&self, res: &Resource) -> Option<OutgoingCall> {
+        {
             let v = self.verifier.borrow();
             match res {
                 Resource::AuditBatch => None,
@@ -417,8 +475,12 @@ impl Plugin {
                     })
                 }
             }
-        };
-        let Some(call) = call else {
+        }
+    }
+
+    /// Dispatches the call for `res`; returns whether it is in flight.
+    fn dispatch(&self, res: &Resource, host: &mut dyn Host) -> bool {
+        let Some(call) = self.call_for(res) else {
             return false;
         };
         let now = millis(host);
@@ -523,10 +585,7 @@ impl Plugin {
                         host.count("consentry.fetch.status_list.failed", 1);
                         host.log(
                             LogLevel::Warn,
-                            &format!(
-                                "consentry: the status list {uri} was refused: {}",
-                                e.as_str()
-                            ),
+                            &format!("consentry: {} was refused: {}", describe(&res), e.as_str()),
                         );
                     }
                 }
@@ -946,7 +1005,7 @@ impl Plugin {
                 .is_some_and(|l| now >= l.fresh_until())
             {
                 // Past its ttl but within the staleness allowed: use it, refresh it.
-                self.fetch(&res, host);
+                self.refresh_later(&res, host);
             }
         }
         let lists = self.lists.borrow();
@@ -1545,7 +1604,8 @@ fn fetch_metric(res: &Resource, what: &str) -> &'static str {
 fn describe(res: &Resource) -> String {
     match res {
         Resource::Keys { issuer } => format!("the keys of {issuer}"),
-        Resource::StatusList { uri, .. } => format!("the status list {uri}"),
+        // The uri comes from a token: it is never written to the log.
+        Resource::StatusList { issuer, .. } => format!("a status list of {issuer}"),
         Resource::AuditBatch => "audit records".to_owned(),
     }
 }

@@ -14,6 +14,15 @@ pub struct ProxyHost;
 thread_local! {
     /// Metric ids by name: defining a metric is a host call, so do it once per VM.
     static METRICS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    /// Calls dispatched during the running callback. The SDK delivers a call's
+    /// answer to the context whose callback dispatched it, so each callback takes
+    /// these to know which calls die with its context.
+    static DISPATCHED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The tokens of the calls dispatched since the last time this was asked.
+pub fn take_dispatched() -> Vec<u32> {
+    DISPATCHED.with(|d| std::mem::take(&mut *d.borrow_mut()))
 }
 
 impl ProxyHost {
@@ -108,7 +117,10 @@ impl Host for ProxyHost {
         ];
         headers.extend(call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         let body = (!call.body.is_empty()).then_some(call.body.as_slice());
-        hostcalls::dispatch_http_call(&call.cluster, headers, body, vec![], call.timeout)
-            .map_err(|_| DispatchError)
+        let token =
+            hostcalls::dispatch_http_call(&call.cluster, headers, body, vec![], call.timeout)
+                .map_err(|_| DispatchError)?;
+        DISPATCHED.with(|d| d.borrow_mut().push(token));
+        Ok(token)
     }
 }

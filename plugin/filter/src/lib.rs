@@ -14,7 +14,7 @@
 mod host;
 mod raw;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -38,6 +38,9 @@ proxy_wasm::main! {{
 
 /// How often the root's timer runs: key refresh, and requests that waited too long.
 const TICK: Duration = Duration::from_millis(250);
+/// The timer's period while fetches wait for it: they are dispatched from the
+/// root context (see `Plugin::has_wanted_calls`), so fire it at once.
+const TICK_NOW: Duration = Duration::from_millis(1);
 
 /// A request paused until a resource arrives.
 struct Waiter {
@@ -52,6 +55,8 @@ struct Shared {
     root: u32,
     plugin: Option<Plugin>,
     waiters: RefCell<Vec<Waiter>>,
+    /// The timer was set to fire at once.
+    hurried: Cell<bool>,
 }
 
 /// One filter instance (one per plugin configuration per worker).
@@ -71,6 +76,8 @@ impl Context for Root {
         if let Some(shared) = &self.shared {
             shared.on_call_response(token, body_size, self.id);
         }
+        // Calls made now belong to this root context and outlive every stream.
+        host::take_dispatched();
     }
 }
 
@@ -82,10 +89,12 @@ impl RootContext for Root {
         match Plugin::from_json(&bytes, &env) {
             Ok(plugin) => {
                 plugin.start(&mut host);
+                host::take_dispatched();
                 self.shared = Some(Rc::new(Shared {
                     root: self.id,
                     plugin: Some(plugin),
                     waiters: RefCell::new(Vec::new()),
+                    hurried: Cell::new(false),
                 }));
                 let _ = proxy_wasm::hostcalls::set_tick_period(TICK);
                 host.info("consentry: configuration loaded");
@@ -98,6 +107,7 @@ impl RootContext for Root {
                     root: self.id,
                     plugin: None,
                     waiters: RefCell::new(Vec::new()),
+                    hurried: Cell::new(false),
                 }));
                 for e in &errors.0 {
                     host.error(&format!("consentry: configuration refused: {e}"));
@@ -111,6 +121,7 @@ impl RootContext for Root {
         if let Some(shared) = &self.shared {
             shared.on_tick();
         }
+        host::take_dispatched();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -119,6 +130,7 @@ impl RootContext for Root {
                 root: self.id,
                 plugin: None,
                 waiters: RefCell::new(Vec::new()),
+                hurried: Cell::new(false),
             })
         });
         Some(Box::new(Stream {
@@ -140,6 +152,9 @@ struct StreamState {
     exchange: Option<Exchange>,
     /// The request body ended while the stream was waiting for a decision.
     body_ended_while_waiting: bool,
+    /// Calls this stream's callbacks dispatched: their answers come back to this
+    /// context, so they are lost if it ends first.
+    calls: Vec<u32>,
 }
 
 /// One HTTP stream.
@@ -158,6 +173,27 @@ impl Context for Stream {
         _trailers: usize,
     ) {
         self.shared.on_call_response(token, body_size, self.id);
+        self.keep_dispatched();
+    }
+
+    fn on_done(&mut self) -> bool {
+        // Calls still unanswered die with this context: forget them, so the
+        // requests waiting for them fetch again instead of waiting in vain.
+        let calls = std::mem::take(&mut self.state.borrow_mut().calls);
+        if let Some(plugin) = self.shared.plugin.as_ref() {
+            plugin.forget_calls(&calls);
+            self.shared.hurry_if_wanted(plugin);
+        }
+        true
+    }
+}
+
+impl Stream {
+    fn keep_dispatched(&self) {
+        self.state
+            .borrow_mut()
+            .calls
+            .extend(host::take_dispatched());
     }
 }
 
@@ -165,7 +201,9 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let head = read_request_head(end_of_stream);
         self.state.borrow_mut().head = Some(head);
-        match self.shared.decide(self.id, &self.state, Attempt::First) {
+        let next = self.shared.decide(self.id, &self.state, Attempt::First);
+        self.keep_dispatched();
+        match next {
             Next::Continue => Action::Continue,
             Next::Pause => Action::Pause,
         }
@@ -337,6 +375,7 @@ impl Shared {
             return Next::Pause;
         };
         let (exchange, action) = plugin.on_request_headers(&head, &mut host, attempt);
+        self.hurry_if_wanted(plugin);
         match action {
             RequestAction::Wait(resource) => {
                 let since_ms = now_ms();
@@ -406,7 +445,14 @@ impl Shared {
         let Some(plugin) = self.plugin.as_ref() else {
             return;
         };
-        plugin.on_tick(&mut ProxyHost);
+        if self.hurried.replace(false) {
+            let _ = proxy_wasm::hostcalls::set_tick_period(TICK);
+        }
+        let failed = plugin.on_tick(&mut ProxyHost);
+        for resource in failed {
+            self.wake(|w| w.resource == resource, Attempt::Again, self.root);
+        }
+        self.hurry_if_wanted(plugin);
         let limit = plugin.config().limits.max_wait_ms;
         let now = now_ms();
         self.wake(
@@ -414,6 +460,14 @@ impl Shared {
             Attempt::Last,
             self.root,
         );
+    }
+
+    /// Fires the timer at once when fetches wait for it. A context's timer is its
+    /// root's, whichever context sets it.
+    fn hurry_if_wanted(&self, plugin: &Plugin) {
+        if plugin.has_wanted_calls() && !self.hurried.replace(true) {
+            let _ = proxy_wasm::hostcalls::set_tick_period(TICK_NOW);
+        }
     }
 
     /// Decides again the waiters `pick` selects, each in its own context, then

@@ -277,9 +277,8 @@ impl<'de> Deserialize<'de> for RawAction {
                 self,
                 map: A,
             ) -> Result<RawAction, A::Error> {
-                let o = RawActionObject::deserialize(
-                    serde::de::value::MapAccessDeserializer::new(map),
-                )?;
+                let o: RawActionObject =
+                    one_member(map, "an action object", "{\"mask\": {\"keep_last\": 4}}")?;
                 Ok(match o {
                     RawActionObject::Remove {} => RawAction::Remove,
                     RawActionObject::Mask {
@@ -404,9 +403,30 @@ pub struct RawRule {
     pub when: Option<String>,
 }
 
+/// Reads an externally tagged enum written as an object of exactly one member;
+/// serde's own error for a second member ("trailing comma") would not say what
+/// is wrong.
+fn one_member<'de, T: serde::de::DeserializeOwned, A: serde::de::MapAccess<'de>>(
+    map: A,
+    what: &str,
+    example: &str,
+) -> Result<T, A::Error> {
+    use serde::de::Error;
+    let object: serde_json::Map<String, serde_json::Value> =
+        Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+    if object.len() != 1 {
+        let names: Vec<&str> = object.keys().map(String::as_str).collect();
+        return Err(A::Error::custom(format!(
+            "{what} has exactly one member, such as {example}; found {} ({})",
+            names.len(),
+            names.join(", ")
+        )));
+    }
+    T::deserialize(serde_json::Value::Object(object)).map_err(A::Error::custom)
+}
+
 /// Relationship between the consent's subject and the path.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawSubject {
     /// The consent's subject is the path parameter of this name.
     Is(String),
@@ -414,6 +434,39 @@ pub enum RawSubject {
     IsOrActsFor(String),
     /// The subject holds a delegation to the parameter (and is not it).
     ActsFor(String),
+}
+
+/// The serde shape of [`RawSubject`].
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum RawSubjectObject {
+    Is(String),
+    IsOrActsFor(String),
+    ActsFor(String),
+}
+
+impl<'de> Deserialize<'de> for RawSubject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawSubject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a relation such as {\"is\": \"id\"}, {\"is_or_acts_for\": \"id\"} or {\"acts_for\": \"id\"}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawSubject, A::Error> {
+                let o: RawSubjectObject = one_member(map, "subject", "{\"is\": \"id\"}")?;
+                Ok(match o {
+                    RawSubjectObject::Is(p) => RawSubject::Is(p),
+                    RawSubjectObject::IsOrActsFor(p) => RawSubject::IsOrActsFor(p),
+                    RawSubjectObject::ActsFor(p) => RawSubject::ActsFor(p),
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -454,6 +507,9 @@ pub struct Policy {
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    /// The route's position in the document (routes are kept most specific
+    /// first), so load errors found after sorting still name `$.routes[i]`.
+    pub index: usize,
     pub methods: Vec<String>,
     pub template: PathTemplate,
     pub content_types: Vec<String>,
@@ -544,6 +600,11 @@ fn action(raw: &RawAction, newest_key: &str) -> Result<FieldAction, String> {
                 RawEncoding::Base64url => HashEncoding::Base64Url,
             },
         },
+        RawAction::Pseudonymise { key: Some(k) } if !crate::redact::valid_key_id(k) => {
+            return Err(format!(
+                "'{k}' is not a key id: 1 to 64 letters, digits, '.', '_' or '-'"
+            ));
+        }
         RawAction::Pseudonymise { key } => FieldAction::Pseudonymise {
             key_id: key.clone().unwrap_or_else(|| newest_key.to_owned()),
         },
@@ -558,6 +619,21 @@ fn action(raw: &RawAction, newest_key: &str) -> Result<FieldAction, String> {
 }
 
 const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// `application/json` or a structured `+json` type: one JSON document the
+/// redactor can read (not `application/x-ndjson`, a stream of documents).
+fn is_json_media_type(s: &str) -> bool {
+    let Some(subtype) = s.strip_prefix("application/") else {
+        return false;
+    };
+    let plain = |t: &str| {
+        !t.is_empty()
+            && t.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+            })
+    };
+    subtype == "json" || subtype.strip_suffix("+json").is_some_and(plain)
+}
 
 fn is_header_name(s: &str) -> bool {
     !s.is_empty()
@@ -644,12 +720,11 @@ impl Policy {
                 }
             };
             for (j, ct) in r.response.content_types.iter().enumerate() {
-                let ok = ct.starts_with("application/") && (ct.ends_with("json"));
-                if !ok {
+                if !is_json_media_type(ct) {
                     err(
                         format!("$.routes[{ri}].response.content_types[{j}]"),
                         format!(
-                            "'{ct}' cannot be redacted: only JSON media types (application/json, application/*+json)"
+                            "'{ct}' cannot be redacted: only lower-case JSON media types (application/json, application/*+json), without parameters"
                         ),
                     );
                 }
@@ -833,6 +908,12 @@ impl Policy {
                         .map_err(|e| err(rat("hours.utc_offset"), e))
                         .ok();
                     let mut days = 0u8;
+                    if h.days.is_empty() {
+                        err(
+                            rat("hours.days"),
+                            "no day is listed: the rule could never match".into(),
+                        );
+                    }
                     for (j, d) in h.days.iter().enumerate() {
                         match clock::WEEKDAYS
                             .iter()
@@ -917,6 +998,16 @@ impl Policy {
                     }
                 };
             check_names(&r.request.headers, "headers", &mut err);
+            for (p, part) in &r.request.by_purpose {
+                for (j, h) in part.headers.iter().flatten().enumerate() {
+                    if !is_header_name(h) {
+                        err(
+                            format!("$.routes[{ri}].request.by_purpose.{p}.headers[{j}]"),
+                            "must be a lower-case header name".into(),
+                        );
+                    }
+                }
+            }
             for (j, h) in r.response.headers.iter().flatten().enumerate() {
                 if !is_header_name(h) {
                     err(
@@ -978,6 +1069,7 @@ impl Policy {
                 }
                 routes.push(Route {
                     name: r.name,
+                    index: ri,
                     methods: r.methods,
                     template,
                     content_types: r.response.content_types,
@@ -1021,7 +1113,7 @@ impl Policy {
                     && let Err(e) = policy.build_plan(ri, k, rule.release)
                 {
                     plan_errors.push((
-                        format!("$.routes[?name=={}].rules[{k}]", route.name),
+                        format!("$.routes[{}].rules[{k}]", route.index),
                         format!("the field plan cannot be built: {e}"),
                     ));
                 }

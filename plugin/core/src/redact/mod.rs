@@ -89,6 +89,7 @@ pub use jwe::{KeyError, MIN_SECRET_LEN, RecipientKey};
 pub use path::{FieldPath, PathError, PathStep};
 pub use plan::{
     FieldAction, Generalisation, HashEncoding, MAX_STATES, Plan, PlanError, Unclassified,
+    valid_key_id,
 };
 
 /// Size and nesting limits for one body.

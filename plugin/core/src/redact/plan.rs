@@ -431,7 +431,7 @@ fn check_action(rule: usize, action: &FieldAction) -> Result<(), PlanError> {
 }
 
 /// Key ids appear in output (`ps_<id>_...`) and JOSE headers: keep them plain.
-pub(crate) fn valid_key_id(id: &str) -> bool {
+pub fn valid_key_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
