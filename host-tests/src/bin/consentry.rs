@@ -132,7 +132,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let env = vm_env(&cli.env)?;
     match cli.command {
         Command::Check { config } => {
-            let json = read_config(&config)?;
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            // A document that does not parse is a refused configuration (exit 1),
+            // like one the plugin refuses; 2 is for the tool's own failures.
+            let json = match config_as_json(&config.display().to_string(), &text) {
+                Ok(json) => json,
+                Err(e) => {
+                    println!("{e:#}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
             let mut builder = Proxy::builder(plugin(cli.wasm)?)
                 .config(json)
                 .main_thread(false);

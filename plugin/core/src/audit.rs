@@ -14,7 +14,7 @@
 //!  "prev":"9c1e…(64 hex)","time":"2026-11-27T12:00:00.123Z",
 //!  "request_id":"0f7cb765-86fc-485c-b1a8-6470c46bf45a",
 //!  "caller":"spiffe://insurer.example/claims",
-//!  "subject":"hmac-sha256:k1:5b1d0c…(32 hex)","purpose":"claims",
+//!  "subject":"hmac-sha256:k1:5b1d0c…(32 hex)","acts_for":null,"purpose":"claims",
 //!  "consent_id":"c-7781","route":"GET /patients/{id}","rule":"insurer-read",
 //!  "decision":"allow","code":"ok","reason":"rule_matched",
 //!  "released":[{"field":"$.id","count":1}],
@@ -36,6 +36,10 @@
 //!   and the subject, first 16 bytes in hex), else `sha256:<hex>` (SHA-256 of the same
 //!   input). The unkeyed form only keeps the value out of sight: a guessable subject id
 //!   can be found by trying candidates, so configure a key.
+//! - `acts_for`: when the consent's subject read someone else's data under a
+//!   delegation (a guardian for a ward: the rule's `acts_for` / `is_or_acts_for`
+//!   relation), that person, pseudonymised like `subject`; else `null`. A
+//!   subject-access report for the ward searches both members.
 //! - `decision`: `allow` or `deny`; `code`: the problem code the client got, or `ok`;
 //!   `reason`: the internal reason (`no_rule_matched`, …), a constant of the plugin.
 //! - `released` / `redacted`: the fields by name (the policy's path, never a value),
@@ -236,6 +240,8 @@ pub struct AuditEntry<'a> {
     pub caller: &'a str,
     /// The data subject, pseudonymised before it is written.
     pub subject: Option<&'a str>,
+    /// The person the subject acted for under a delegation, pseudonymised too.
+    pub acts_for: Option<&'a str>,
     pub purpose: Option<&'a str>,
     pub consent_id: Option<&'a str>,
     pub route: Option<&'a str>,
@@ -263,6 +269,7 @@ impl<'a> AuditEntry<'a> {
             request_id,
             caller,
             subject: None,
+            acts_for: None,
             purpose: None,
             consent_id: None,
             route: None,
@@ -317,10 +324,14 @@ impl AuditTrail {
         let subject = entry
             .subject
             .map(|s| pseudonymise_subject(s, self.key.as_ref()));
+        let acts_for = entry
+            .acts_for
+            .map(|s| pseudonymise_subject(s, self.key.as_ref()));
         let body = Body::Decision(Box::new(DecisionBody {
             request_id: entry.request_id.to_owned(),
             caller: entry.caller.to_owned(),
             subject,
+            acts_for,
             purpose: entry.purpose.map(str::to_owned),
             consent_id: entry.consent_id.map(str::to_owned),
             route: entry.route.map(str::to_owned),
@@ -457,6 +468,7 @@ pub struct DecisionBody {
     pub request_id: String,
     pub caller: String,
     pub subject: Option<String>,
+    pub acts_for: Option<String>,
     pub purpose: Option<String>,
     pub consent_id: Option<String>,
     pub route: Option<String>,
@@ -504,6 +516,7 @@ struct DecisionWire {
     request_id: String,
     caller: String,
     subject: Option<String>,
+    acts_for: Option<String>,
     purpose: Option<String>,
     consent_id: Option<String>,
     route: Option<String>,
@@ -550,6 +563,7 @@ impl Record {
                     request_id: w.request_id,
                     caller: w.caller,
                     subject: w.subject,
+                    acts_for: w.acts_for,
                     purpose: w.purpose,
                     consent_id: w.consent_id,
                     route: w.route,
@@ -604,7 +618,14 @@ impl Record {
 
     /// The canonical bytes: the record without `hash` (see the module documentation).
     pub fn canonical(&self) -> String {
-        let mut o = JsonWriter::default();
+        // Written straight into one string sized for a typical record: one allocation,
+        // no intermediate strings per member or per field entry.
+        let fields = match &self.body {
+            Body::Decision(d) => d.released.len() + d.redacted.len(),
+            Body::Checkpoint { .. } => 0,
+        };
+        let mut out = String::with_capacity(512 + 64 * fields);
+        let mut o = JsonWriter::new(&mut out);
         o.num("v", self.v);
         match &self.body {
             Body::Decision(_) => o.str("kind", "decision"),
@@ -619,6 +640,7 @@ impl Record {
                 o.str("request_id", &d.request_id);
                 o.str("caller", &d.caller);
                 o.opt("subject", d.subject.as_deref());
+                o.opt("acts_for", d.acts_for.as_deref());
                 o.opt("purpose", d.purpose.as_deref());
                 o.opt("consent_id", d.consent_id.as_deref());
                 o.opt("route", d.route.as_deref());
@@ -632,10 +654,10 @@ impl Record {
                     if i > 0 {
                         o.out.push(',');
                     }
-                    let mut m = JsonWriter::default();
+                    let mut m = JsonWriter::new(o.out);
                     m.str("field", &r.field);
                     m.num("count", r.count);
-                    o.out.push_str(&m.finish());
+                    m.finish();
                 }
                 o.out.push(']');
                 o.key("redacted");
@@ -644,11 +666,11 @@ impl Record {
                     if i > 0 {
                         o.out.push(',');
                     }
-                    let mut m = JsonWriter::default();
+                    let mut m = JsonWriter::new(o.out);
                     m.str("field", &r.field);
                     m.str("action", &r.action);
                     m.num("count", r.count);
-                    o.out.push_str(&m.finish());
+                    m.finish();
                 }
                 o.out.push(']');
                 o.opt("alert", d.alert.as_deref());
@@ -657,26 +679,33 @@ impl Record {
         }
         o.str("alg", &self.alg);
         o.opt("kid", self.kid.as_deref());
-        o.finish()
+        o.finish();
+        out
     }
 }
 
-/// Compact JSON, one object, members in the order written.
-#[derive(Default)]
-struct JsonWriter {
-    out: String,
+/// Compact JSON, one object written into a string, members in the order written.
+struct JsonWriter<'o> {
+    out: &'o mut String,
+    /// The object's `{` is written (a member was).
+    open: bool,
 }
 
-impl JsonWriter {
+impl<'o> JsonWriter<'o> {
+    fn new(out: &'o mut String) -> Self {
+        Self { out, open: false }
+    }
+
     fn key(&mut self, name: &str) {
-        self.out.push(if self.out.is_empty() { '{' } else { ',' });
-        push_json_string(&mut self.out, name);
+        self.out.push(if self.open { ',' } else { '{' });
+        self.open = true;
+        push_json_string(self.out, name);
         self.out.push(':');
     }
 
     fn str(&mut self, name: &str, value: &str) {
         self.key(name);
-        push_json_string(&mut self.out, value);
+        push_json_string(self.out, value);
     }
 
     fn opt(&mut self, name: &str, value: Option<&str>) {
@@ -691,34 +720,65 @@ impl JsonWriter {
 
     fn num(&mut self, name: &str, value: u64) {
         self.key(name);
-        self.out.push_str(&value.to_string());
+        push_decimal(self.out, value);
     }
 
-    fn finish(mut self) -> String {
-        if self.out.is_empty() {
+    /// Closes the object (`{}` when no member was written).
+    fn finish(self) {
+        if !self.open {
             self.out.push('{');
         }
         self.out.push('}');
-        self.out
     }
 }
 
-/// A JSON string with the canonical (minimal) escaping.
-fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// The decimal digits of `n`, without a temporary string.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+/// A JSON string with the canonical (minimal) escaping. Runs of characters that need
+/// no escape (everything but `"`, `\` and controls) are copied whole.
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte, so both slices end on character boundaries.
+        out.push_str(s.get(run..i).unwrap_or_default());
+        if escape.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(HEX_DIGITS[usize::from(b & 15)]));
+        } else {
+            out.push_str(escape);
+        }
+        run = i + 1;
+    }
+    out.push_str(s.get(run..).unwrap_or_default());
     out.push('"');
 }
 
@@ -767,11 +827,13 @@ fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    for &b in bytes {
+        s.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(HEX_DIGITS[usize::from(b & 15)]));
     }
     s
 }
@@ -1525,7 +1587,7 @@ mod tests {
             r#""time":"2026-11-27T12:00:00.123Z","#,
             r#""request_id":"0f7cb765-86fc-485c-b1a8-6470c46bf45a","#,
             r#""caller":"spiffe://insurer.example/claims","#,
-            r#""subject":"hmac-sha256:k1:SUBJECT","purpose":"claims","#,
+            r#""subject":"hmac-sha256:k1:SUBJECT","acts_for":null,"purpose":"claims","#,
             r#""consent_id":"c-7781","route":"GET /patients/{id}","rule":"insurer-read","#,
             r#""decision":"allow","code":"ok","reason":"rule_matched","#,
             r#""released":[{"field":"$.id","count":1}],"#,

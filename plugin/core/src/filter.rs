@@ -111,6 +111,8 @@ pub struct Outcome {
     pub consent_id: Option<String>,
     pub issuer: Option<String>,
     pub subject: Option<String>,
+    /// Whose data the subject read under a delegation (a guardian's ward).
+    pub acts_for: Option<String>,
     pub grantee: Option<String>,
     /// The caller as identified before the token: SPIFFE ID, certificate or address.
     pub caller: Option<String>,
@@ -827,6 +829,11 @@ impl Plugin {
             return Err(Refusal::Problem(code, decision.reason.as_str()));
         }
         let rule = decision.rule.unwrap_or(0);
+        ex.outcome.acts_for = route
+            .rules
+            .get(rule)
+            .and_then(|r| r.acts_for(&facts))
+            .map(str::to_owned);
         let plan = policy
             .plan(route_index, rule, decision.released)
             .map_err(|_| Refusal::Problem(Code::UnsafeResponse, "plan"))?;
@@ -909,13 +916,23 @@ impl Plugin {
         now: u64,
         may_wait: bool,
     ) -> Result<Arc<Consent>, Refusal> {
-        let result = {
+        let (result, cache_hit) = {
             let verifier = self.verifier.borrow();
-            verifier.verify_cached(&mut self.tokens.borrow_mut(), token, now)
+            let mut cache = self.tokens.borrow_mut();
+            let (hits, _) = cache.stats();
+            let result = verifier.verify_cached(&mut cache, token, now);
+            (result, cache.stats().0 > hits)
         };
         match result {
             Ok(c) => {
-                host.count("consentry.token.verified", 1);
+                host.count(
+                    if cache_hit {
+                        "consentry.token.cache_hit"
+                    } else {
+                        "consentry.token.verified"
+                    },
+                    1,
+                );
                 Ok(c)
             }
             Err(e) if e.needs_key_refetch() => {
@@ -1026,10 +1043,8 @@ impl Plugin {
         // A token in a second place (a bearer Authorization header beside a custom
         // token header, or an access_token query parameter, RFC 6750) is ambiguous:
         // refuse rather than pick one.
-        let in_query = query.is_some_and(|q| {
-            q.split('&')
-                .any(|kv| kv.split_once('=').map_or(kv, |(k, _)| k) == "access_token")
-        });
+        let in_query =
+            query.is_some_and(|q| q.split('&').any(|kv| query_name(kv) == "access_token"));
         let elsewhere = loc.header != "authorization"
             && headers.get_all("authorization").any(|v| {
                 v.len() > 7
@@ -1050,21 +1065,23 @@ impl Plugin {
                 Code::TokenAmbiguous
             }
         })?;
-        // Envoy joins a repeated Authorization header into one value with ','
-        // before the plugin sees it; a token never contains a comma.
-        if value.contains(&b',') {
-            return Err(Code::TokenAmbiguous);
-        }
         let token = match &loc.scheme {
-            None => value,
-            Some(scheme) => {
-                let (given, rest) = split_scheme(value).ok_or(Code::TokenMissing)?;
-                if !given.eq_ignore_ascii_case(scheme.as_bytes()) {
-                    return Err(Code::TokenMissing);
-                }
-                rest
-            }
+            None => Some(value),
+            Some(scheme) => split_scheme(value)
+                .filter(|(given, _)| given.eq_ignore_ascii_case(scheme.as_bytes()))
+                .map(|(_, rest)| rest),
         };
+        // Envoy joins a repeated Authorization header into one value with ','
+        // before the plugin sees it; a compact token never contains a comma. A
+        // JSON-serialized JWS does: that is one invalid token, not two.
+        if value.contains(&b',') {
+            return Err(if token.is_some_and(|t| t.starts_with(b"{")) {
+                Code::TokenInvalid
+            } else {
+                Code::TokenAmbiguous
+            });
+        }
+        let token = token.ok_or(Code::TokenMissing)?;
         if token.is_empty() || token.iter().any(|b| !b.is_ascii_graphic()) {
             return Err(Code::TokenInvalid);
         }
@@ -1115,10 +1132,7 @@ impl Plugin {
         if let (Some(allowed), Some(q)) = (query, head.query()) {
             let kept: Vec<&str> = q
                 .split('&')
-                .filter(|kv| {
-                    let name = kv.split_once('=').map_or(*kv, |(k, _)| k);
-                    !kv.is_empty() && allowed.iter().any(|a| a == name)
-                })
+                .filter(|kv| !kv.is_empty() && allowed.iter().any(|a| *a == query_name(kv)))
                 .collect();
             let path = if kept.is_empty() {
                 head.url_path().to_owned()
@@ -1556,6 +1570,7 @@ impl Plugin {
             },
         );
         entry.subject = o.subject.as_deref();
+        entry.acts_for = o.acts_for.as_deref();
         entry.purpose = o.purpose.as_deref();
         entry.consent_id = o.consent_id.as_deref();
         entry.route = o.route.as_deref();
@@ -1599,6 +1614,40 @@ fn fetch_metric(res: &Resource, what: &str) -> &'static str {
         (Resource::StatusList { .. }, _) => "consentry.fetch.status_list.failed",
         (Resource::AuditBatch, _) => "consentry.audit.ship_failed",
     }
+}
+
+/// A query parameter's name as the upstream reads it: form-decoded (RFC 6750
+/// names `access_token` so), so `%61ccess_token` is `access_token` too.
+fn query_name(kv: &str) -> std::borrow::Cow<'_, str> {
+    let raw = kv.split_once('=').map_or(kv, |(k, _)| k);
+    if !raw.contains(['%', '+']) {
+        return raw.into();
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 fn describe(res: &Resource) -> String {

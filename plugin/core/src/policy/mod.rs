@@ -405,24 +405,20 @@ pub struct RawRule {
 
 /// Reads an externally tagged enum written as an object of exactly one member;
 /// serde's own error for a second member ("trailing comma") would not say what
-/// is wrong.
-fn one_member<'de, T: serde::de::DeserializeOwned, A: serde::de::MapAccess<'de>>(
-    map: A,
+/// is wrong. Reading through the map itself keeps error locations inside it.
+fn one_member<'de, T: Deserialize<'de>, A: serde::de::MapAccess<'de>>(
+    mut map: A,
     what: &str,
     example: &str,
 ) -> Result<T, A::Error> {
     use serde::de::Error;
-    let object: serde_json::Map<String, serde_json::Value> =
-        Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-    if object.len() != 1 {
-        let names: Vec<&str> = object.keys().map(String::as_str).collect();
+    let value = T::deserialize(serde::de::value::MapAccessDeserializer::new(&mut map))?;
+    if let Some(extra) = map.next_key::<String>()? {
         return Err(A::Error::custom(format!(
-            "{what} has exactly one member, such as {example}; found {} ({})",
-            names.len(),
-            names.join(", ")
+            "{what} has exactly one member, such as {example}; '{extra}' is a second one"
         )));
     }
-    T::deserialize(serde_json::Value::Object(object)).map_err(A::Error::custom)
+    Ok(value)
 }
 
 /// Relationship between the consent's subject and the path.
@@ -1373,6 +1369,23 @@ fn subject_matches(subject: Option<&RawSubject>, facts: &Facts<'_>) -> bool {
         RawSubject::IsOrActsFor(p) => {
             param(p).is_some_and(|v| v == c.subject || c.delegations.iter().any(|d| d == v))
         }
+    }
+}
+
+impl Rule {
+    /// The person whose data the consent's subject reads under a delegation when
+    /// this rule matched: the path parameter of its `acts_for` / `is_or_acts_for`
+    /// relation, if that is not the subject.
+    pub fn acts_for<'f>(&self, facts: &Facts<'f>) -> Option<&'f str> {
+        let Some(RawSubject::ActsFor(p) | RawSubject::IsOrActsFor(p)) = &self.subject else {
+            return None;
+        };
+        facts
+            .params
+            .iter()
+            .find(|(n, _)| n == p)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| *v != facts.consent.subject)
     }
 }
 
