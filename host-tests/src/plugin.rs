@@ -52,7 +52,12 @@ fn engine() -> Result<Engine> {
     if let Some(e) = ENGINE.get() {
         return Ok(e.clone());
     }
-    let config = Config::new();
+    let mut config = Config::new();
+    // Profiling the plugin in the harness: with `CONSENTRY_HOST_PERFMAP` set, wasmtime
+    // writes `/tmp/perf-<pid>.map`, so `perf report` names the plugin's own functions.
+    if std::env::var_os("CONSENTRY_HOST_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
     Ok(ENGINE.get_or_init(|| engine).clone())
 }

@@ -118,8 +118,6 @@ pub struct Outcome {
     pub caller: Option<String>,
     /// Set when this refusal locked the caller out.
     pub lockout: bool,
-    /// Field path and action name, per classified field the plan applied.
-    pub fields: Vec<(String, &'static str)>,
     /// Values touched per action by the redaction.
     pub report: Option<redact::Report>,
 }
@@ -837,12 +835,6 @@ impl Plugin {
         let plan = policy
             .plan(route_index, rule, decision.released)
             .map_err(|_| Refusal::Problem(Code::UnsafeResponse, "plan"))?;
-        ex.outcome.fields = plan
-            .rules()
-            .iter()
-            .zip(route.fields.iter())
-            .map(|((_, action), field)| (field.text.clone(), action_name(action)))
-            .collect();
         ex.plan = Some(plan);
         ex.outcome.allowed = true;
         ex.outcome.reason = "allowed";
@@ -1099,11 +1091,19 @@ impl Plugin {
     ) -> HeaderEdits {
         let policy = &self.config.policy;
         let mut edits = HeaderEdits::default();
+        // Only headers the request has are removed: each removal is a host call, and
+        // removing an absent header changes nothing (the map read at the request's
+        // headers is the whole map, and nothing else writes it while it is held).
+        let mut remove = |name: &str| {
+            if head.headers.contains(name) {
+                edits.remove(name);
+            }
+        };
         if !self.config.token.forward {
-            edits.remove(&self.config.token.header);
+            remove(&self.config.token.header);
         }
         for name in ["accept-encoding", "range", "if-range"] {
-            edits.remove(name);
+            remove(name);
         }
         let prov = &policy.provenance;
         for name in [
@@ -1113,7 +1113,7 @@ impl Plugin {
             &prov.grantee,
             &policy.purpose_header,
         ] {
-            edits.remove(name);
+            remove(name);
         }
         let (query, headers) = policy.minimisation(route, purpose);
         if let Some(allowed) = headers {
@@ -1299,8 +1299,11 @@ impl Plugin {
     /// on a route with a header allow-list every header it does not name.
     fn response_edits(&self, route: &Route, headers: &Headers, head_request: bool) -> HeaderEdits {
         let mut edits = HeaderEdits::default();
+        // Only headers the response has (see `request_edits`).
         for h in &self.config.remove_response_headers {
-            edits.remove(h);
+            if headers.contains(h) {
+                edits.remove(h);
+            }
         }
         if let Some(allowed) = &route.response_headers {
             for (name, _) in headers.iter() {
@@ -1519,20 +1522,24 @@ impl Plugin {
         if !o.allowed && o.code.is_none() {
             return;
         }
-        let plan_rules = exchange.plan.as_ref().map(|p| p.rules().len()).unwrap_or(0);
         let mut fields = FieldReport::new();
-        if let Some(report) = &o.report {
-            for (i, (path, action)) in o.fields.iter().enumerate().take(plan_rules) {
+        let route = exchange
+            .route
+            .and_then(|r| self.config.policy.routes.get(r));
+        if let (Some(report), Some(plan), Some(route)) = (&o.report, &exchange.plan, route) {
+            // The plan's rules are the route's fields, in order (`Policy::plan`): the
+            // names are read from the configuration here, never copied per request.
+            for (i, ((_, action), field)) in plan.rules().iter().zip(&route.fields).enumerate() {
                 let n = report.rules.get(i).map_or(0, |c| c.matched);
                 if n == 0 {
                     continue;
                 }
-                match redaction_of(action) {
+                match redaction_of(action_name(action)) {
                     None => {
-                        fields.released(path, n);
+                        fields.released(&field.text, n);
                     }
                     Some(r) => {
-                        fields.redacted(path, r, n);
+                        fields.redacted(&field.text, r, n);
                     }
                 }
             }

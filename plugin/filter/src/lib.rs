@@ -9,7 +9,7 @@
 //! to the root context, and its answer goes to whichever context dispatched it, so
 //! both forward answers to the plugin; a paused request is resumed (or refused) from
 //! another context through `proxy_set_effective_context`. Host calls that touch maps
-//! and bodies go through [`raw`], which cannot panic: a panic is a trap.
+//! and bodies go through the `raw` module, which cannot panic: a panic is a trap.
 
 mod host;
 mod raw;
@@ -148,7 +148,8 @@ impl RootContext for Root {
 /// A stream's state, shared with the waiter list while it waits.
 #[derive(Default)]
 struct StreamState {
-    head: Option<RequestHead>,
+    /// Shared, so that deciding (again, after a wait) reads it without a copy.
+    head: Option<Rc<RequestHead>>,
     exchange: Option<Exchange>,
     /// The request body ended while the stream was waiting for a decision.
     body_ended_while_waiting: bool,
@@ -200,7 +201,7 @@ impl Stream {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let head = read_request_head(end_of_stream);
-        self.state.borrow_mut().head = Some(head);
+        self.state.borrow_mut().head = Some(Rc::new(head));
         let next = self.shared.decide(self.id, &self.state, Attempt::First);
         self.keep_dispatched();
         match next {
@@ -320,7 +321,8 @@ impl HttpContext for Stream {
     fn on_log(&mut self) {
         let (Some(plugin), Some(exchange)) = (
             self.shared.plugin.as_ref(),
-            self.state.borrow().exchange.clone(),
+            // The stream is over: the exchange is taken, not copied.
+            self.state.borrow_mut().exchange.take(),
         ) else {
             return;
         };
