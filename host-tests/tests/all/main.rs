@@ -2,8 +2,14 @@
 //! One test binary (the `.wasm` is compiled once for all of it).
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+mod audit_shipping;
+mod cli;
+mod codes;
+mod decisions;
 mod fidelity;
 mod flows;
 mod parity;
 mod report;
 mod support;
+mod tokens;
+mod views;

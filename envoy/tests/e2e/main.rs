@@ -1,0 +1,40 @@
+//! End to end against a real Envoy 1.40 with the real release `.wasm`, in front of the
+//! example service (which also plays the consent service: keys and status lists that
+//! change while Envoy runs):
+//!
+//! - `rotation`: an issuer rotates its signing key; the plugin refetches on the unknown
+//!   `kid` (rate-limited) and accepts the new key without a restart.
+//! - `revocation`: a consent revoked, suspended and reinstated through the IETF Token
+//!   Status List, as the plugin refetches the list after its `ttl`.
+//! - `mtls`: certificate-bound tokens (RFC 8705) and SPIFFE-ID rules over a TLS listener
+//!   that requires client certificates (made in the test).
+//! - `limits`: rate limits and the lockout, shared by two workers.
+//! - `audit`: the hash-chained records in Envoy's log, verified (and tampered with) by the
+//!   `consentry` command, and its HTML report.
+//! - `stats`: the plugin's counters at the admin `/stats`.
+//! - `leaks`: secrets planted everywhere a request or an upstream can put them never
+//!   reach a log line, a client or a metric name.
+//! - `views`: each persona's view of the example data, through Envoy, is its golden file
+//!   in `examples/views/` byte for byte.
+//!
+//! Needs `./envoy/install.sh` (or ENVOY_BIN) and the plugin's release build
+//! (`cargo build -p consentry-filter --target wasm32-wasip1 --release`); without them
+//! every test fails with the command to run. None skips. Each test bounds its time with a
+//! watchdog, uses 127.0.0.1 only, and stops what it starts.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed step must fail the test"
+)]
+
+mod audit;
+mod leaks;
+mod limits;
+mod mtls;
+mod revocation;
+mod rotation;
+mod stats;
+mod support;
+mod tls;
+mod views;
