@@ -781,36 +781,10 @@ fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// The first byte at or after `from` that a JSON string must escape (`"`, `\`, or a
+/// The first byte at or after `from` that a JSON string must escape (`"`, `\\`, or a
 /// control character), or `bytes.len()`. Bytes of UTF-8 sequences never match.
 fn next_escape(bytes: &[u8], from: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut i = from;
-    while let Some(chunk) = bytes.get(i..i.saturating_add(8)) {
-        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let w = u64::from_le_bytes(word);
-        // Per byte: below 0x20, equal to `"`, equal to `\` (the lowest flag is exact).
-        let control = w.wrapping_sub(ONES * 0x20) & !w;
-        let quote = w ^ (ONES * u64::from(b'"'));
-        let quote = quote.wrapping_sub(ONES) & !quote;
-        let backslash = w ^ (ONES * u64::from(b'\\'));
-        let backslash = backslash.wrapping_sub(ONES) & !backslash;
-        let flags = (control | quote | backslash) & HIGH;
-        if flags != 0 {
-            return i + (flags.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while let Some(&b) = bytes.get(i) {
-        if b < 0x20 || b == b'"' || b == b'\\' {
-            break;
-        }
-        i += 1;
-    }
-    i
+    crate::redact::syntax::next_special::<false>(bytes, from)
 }
 
 /// An id read from a log, safe to print: as is when it is plain (letters, digits,

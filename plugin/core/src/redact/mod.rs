@@ -80,7 +80,7 @@ mod engine;
 mod jwe;
 mod path;
 mod plan;
-mod syntax;
+pub(crate) mod syntax;
 mod transform;
 
 use std::fmt;

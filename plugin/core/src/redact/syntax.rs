@@ -93,7 +93,7 @@ impl<'a> Cursor<'a> {
         self.expect(b'"')?;
         let mut escaped = false;
         loop {
-            let at = next_special(self.bytes, self.pos);
+            let at = next_special::<true>(self.bytes, self.pos);
             self.pos = at;
             match self.bytes.get(at) {
                 Some(b'"') => {
@@ -292,10 +292,11 @@ impl<'a> Cursor<'a> {
 }
 
 /// The index of the first byte at or after `from` that ends a run of plain string
-/// text: `"`, `\\`, a control character or a non-ASCII byte (or the length). Eight
-/// bytes at a time: in each word, the lowest flagged byte is exact (false flags only
-/// arise above a true one, from borrows), which is all this needs.
-fn next_special(bytes: &[u8], from: usize) -> usize {
+/// text: `"`, `\\`, a control character, or (with `NON_ASCII`) a non-ASCII byte; else
+/// the length. Eight bytes at a time: in each word, the lowest flagged byte is exact
+/// (false flags only arise above a true one, from borrows), which is all this needs.
+/// The audit trail's JSON writer uses it without `NON_ASCII` to find what to escape.
+pub(crate) fn next_special<const NON_ASCII: bool>(bytes: &[u8], from: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = from;
@@ -310,14 +311,15 @@ fn next_special(bytes: &[u8], from: usize) -> usize {
         let backslash = w ^ (ONES * u64::from(b'\\'));
         let backslash = backslash.wrapping_sub(ONES) & !backslash;
         // `w` itself flags the non-ASCII bytes.
-        let flags = (control | quote | backslash | w) & HIGH;
+        let non_ascii = if NON_ASCII { w } else { 0 };
+        let flags = (control | quote | backslash | non_ascii) & HIGH;
         if flags != 0 {
             return i + (flags.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
     while let Some(&b) = bytes.get(i) {
-        if b < 0x20 || b == b'"' || b == b'\\' || b >= 0x80 {
+        if b < 0x20 || b == b'"' || b == b'\\' || (NON_ASCII && b >= 0x80) {
             break;
         }
         i += 1;
