@@ -32,10 +32,18 @@ export ENVOY_BIN
 step "formatting and lints (native and wasm32)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy --target wasm32-wasip1 -p consentry-core -p consentry-filter -p consentry-probe -- -D warnings
+cargo clippy --target wasm32-wasip1 -p consentry-core -p consentry-filter -p consentry-probe -p consentry-bench-wasm -p consentry-noop-filter -- -D warnings
 
 step "tests: unit, harness (wasmtime) and end-to-end (Envoy)"
 cargo test --workspace --no-fail-fast
+
+step "benchmark smoke runs (short: they prove the commands work; figures are not checked)"
+# The Envoy benchmark's quick run fails if any configuration answers other than expected.
+CONSENTRY_BENCH_DEBUG=1 ./envoy/bench.sh --quick --single-seconds 0 --out target/bench-smoke
+CONSENTRY_BENCH_DEBUG=1 ./envoy/bench.sh --in-wasm --budget-ms 20 --out target/bench-smoke
+# The harness benchmarks, built as tests (no release build of wasmtime just for them).
+CONSENTRY_RESULTS_DIR="$PWD/target/bench-smoke" cargo test -q -p consentry-host --bench per_request -- nobody-warm 5k-warm
+CONSENTRY_RESULTS_DIR="$PWD/target/bench-smoke" cargo test -q -p consentry-host --bench in_wasm -- --budget-ms 20
 
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet

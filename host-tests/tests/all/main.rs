@@ -8,6 +8,7 @@ mod codes;
 mod decisions;
 mod fidelity;
 mod flows;
+mod memory;
 mod parity;
 mod report;
 mod support;
