@@ -206,7 +206,7 @@ impl Default for RawLimits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_depth: DEFAULT_MAX_DEPTH,
             max_token_bytes: token::DEFAULT_MAX_TOKEN_BYTES,
-            token_cache_entries: 10_000,
+            token_cache_entries: token::DEFAULT_CACHE_CAPACITY,
             max_wait_ms: 3_000,
         }
     }

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::claims::Consent;
 
-/// Default number of entries.
-pub const DEFAULT_CACHE_CAPACITY: usize = 1024;
+/// Default number of entries (`limits.token_cache_entries`).
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
 #[derive(Debug, Clone)]
 struct Entry {

@@ -51,7 +51,7 @@ use serde_json::Value;
 
 pub use alg::Algorithm;
 pub use binding::{Peer, check_binding, spiffe_id_from_pem};
-pub use cache::TokenCache;
+pub use cache::{DEFAULT_CACHE_CAPACITY, TokenCache};
 pub use claims::{AuthorizationDetail, Consent, StatusRef};
 pub use config::{
     Binding, ConsentFormat, ConsentMapping, Issuer, IssuerConfigError, RemoteJwks, Revocation,
