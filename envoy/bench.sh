@@ -14,9 +14,11 @@ cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target add wasm32-wasip1
 if ! command -v wrk >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+    as_root=()
+    [ "$(id -u)" = 0 ] || as_root=(sudo -n)
+    if command -v apt-get >/dev/null && "${as_root[@]}" true 2>/dev/null; then
+        "${as_root[@]}" apt-get update -qq
+        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
     else
         echo "bench.sh: wrk is missing: sudo apt-get install -y wrk" >&2
         exit 1
