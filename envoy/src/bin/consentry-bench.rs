@@ -6,145 +6,119 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result};
+use clap::Parser;
 use consentry_envoy::bench::{self, Group, Options, report};
 
-const USAGE: &str = "\
-usage: consentry-bench [--quick] [--reps N] [--seconds S] [--single-seconds S]
-                       [--warmup S] [--connections N] [--group 5k|nobody|64k]...
-                       [--only TEXT]... [--wasm PATH] [--compare-wasm PATH] [--policy FILE]
-                       [--decompose] [--out DIR]
-       consentry-bench --in-wasm [--budget-ms MS] [--module PATH] [--out DIR]
-
-  --quick             the smoke run: the 5 KB group once, 1 s per run, no warm-up
-  --reps N            repetitions, interleaved (default 5)
-  --seconds S         seconds per measured run under load (default 6)
-  --single-seconds S  seconds per run on one connection, 0 for none (default 3)
-  --warmup S          seconds of unmeasured load before each run (default 1)
-  --connections N     wrk connections under load, one wrk thread (default 32)
-  --group G           only this group (repeatable)
-  --only TEXT         only rows whose id contains TEXT (repeatable), e.g. consentry
-  --wasm PATH         the Consentry .wasm (default: the release build)
-  --compare-wasm PATH another Consentry .wasm run beside it (e.g. a build from before a change)
-  --out DIR           where bench.md, bench.csv and bench.svg go (default results/envoy)
-  --policy FILE       another plugin configuration for the Consentry rows (it must allow
-                      the insurer persona on the same paths; default: policies/example.json
-                      with the additions described in envoy/BENCHMARKS.md)
-  --decompose         add rows where the benchmark module does parts of Consentry's work
-                      alone (holding and re-setting the body, one log line per request)
-  --in-wasm           instead: the benchmark module's cases (redactor, verification,
-                      policy) natively and inside Envoy's V8; writes in-wasm.md
-  --budget-ms MS      time per case of --in-wasm (default 300)
-  --module PATH       another build of the benchmark module
-
-Needs wrk (apt-get install -y wrk), Envoy (./envoy/install.sh) and the release builds of
-the plugin and the no-op filter:
-  cargo build --release --target wasm32-wasip1 -p consentry-filter -p consentry-noop-filter";
-
-/// What to run.
-enum Mode {
-    Load(Options),
-    InWasm {
-        budget_ms: u64,
-        module: Option<PathBuf>,
-        out: PathBuf,
-    },
+/// wrk through a real Envoy (--concurrency 1, 127.0.0.1) in front of the example
+/// service: bare Envoy, jwt_authn + rbac, the transform filter, a no-op wasm filter and
+/// Consentry, side by side. Prints the table with ratios and writes bench.md, bench.csv
+/// and bench.svg to the results folder.
+///
+/// Needs wrk (apt-get install -y wrk), Envoy (./envoy/install.sh) and the release builds
+/// of the plugin, the no-op filter and the benchmark module; ./envoy/bench.sh does all of
+/// it. See envoy/BENCHMARKS.md.
+#[derive(Parser, Debug)]
+#[command(name = "consentry-bench")]
+struct Cli {
+    /// The smoke run: the 5 KB group once, 1 s per run, no warm-up (other options
+    /// still apply on top)
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions, interleaved [default: 5]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    reps: Option<u32>,
+    /// Seconds per measured run under load [default: 6]
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(1..))]
+    seconds: Option<u32>,
+    /// Seconds per run on one connection, 0 for none [default: 3]
+    #[arg(long, value_name = "S")]
+    single_seconds: Option<u32>,
+    /// Seconds of unmeasured load before each run [default: 1]
+    #[arg(long, value_name = "S")]
+    warmup: Option<u32>,
+    /// wrk connections under load, one wrk thread [default: 32]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    connections: Option<u32>,
+    /// Only this group: 5k, nobody or 64k (repeatable)
+    #[arg(long, value_name = "G", value_parser = parse_group)]
+    group: Vec<Group>,
+    /// Only rows whose id contains TEXT (repeatable), e.g. consentry
+    #[arg(long, value_name = "TEXT")]
+    only: Vec<String>,
+    /// The Consentry .wasm [default: the release build]
+    #[arg(long, value_name = "PATH")]
+    wasm: Option<PathBuf>,
+    /// Another Consentry .wasm run beside it (e.g. a build from before a change)
+    #[arg(long, value_name = "PATH")]
+    compare_wasm: Option<PathBuf>,
+    /// Another plugin configuration for the Consentry rows; it must allow the insurer
+    /// persona on the same paths [default: policies/example.json with the benchmark's
+    /// additions]
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Add rows where the benchmark module does parts of Consentry's work alone
+    /// (holding and re-setting the body, one log line per request)
+    #[arg(long)]
+    decompose: bool,
+    /// Instead: the benchmark module's cases (redactor, verification, policy, host
+    /// calls) natively and inside Envoy's V8; writes in-wasm.md
+    #[arg(long, conflicts_with_all = ["quick", "reps", "seconds", "single_seconds", "warmup", "connections", "group", "only", "wasm", "compare_wasm", "policy", "decompose"])]
+    in_wasm: bool,
+    /// Time per case of --in-wasm, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 300, requires = "in_wasm")]
+    budget_ms: u64,
+    /// Another build of the benchmark module (--in-wasm)
+    #[arg(long, value_name = "PATH", requires = "in_wasm")]
+    module: Option<PathBuf>,
+    /// Where the results go [default: results/envoy]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
-fn parse(args: &[String]) -> Result<Mode> {
-    if args.iter().any(|a| a == "--in-wasm") {
-        let mut budget_ms = 300;
-        let mut module = None;
-        let mut out = Options::full().out;
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| anyhow!("{arg} needs a value\n\n{USAGE}"))
-            };
-            match arg.as_str() {
-                "--in-wasm" => {}
-                "--budget-ms" => {
-                    let v = value()?;
-                    budget_ms = v
-                        .parse()
-                        .map_err(|_| anyhow!("--budget-ms: {v:?} is not a whole number"))?;
-                }
-                "--module" => module = Some(PathBuf::from(value()?)),
-                "--out" => out = PathBuf::from(value()?),
-                other => bail!("unknown argument {other:?} for --in-wasm\n\n{USAGE}"),
-            }
-        }
-        return Ok(Mode::InWasm {
-            budget_ms,
-            module,
-            out,
-        });
-    }
-    parse_load(args).map(Mode::Load)
+fn parse_group(text: &str) -> Result<Group, String> {
+    Group::parse(text).ok_or_else(|| format!("5k, nobody or 64k, not {text:?}"))
 }
 
-fn parse_load(args: &[String]) -> Result<Options> {
-    let mut options = if args.iter().any(|a| a == "--quick") {
-        Options::quick()
-    } else {
-        Options::full()
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{arg} needs a value\n\n{USAGE}"))
+impl Cli {
+    /// The load run's options: the quick or the full defaults, then what was given.
+    fn options(self) -> Options {
+        let mut o = if self.quick {
+            Options::quick()
+        } else {
+            Options::full()
         };
-        let number = |v: String| -> Result<u32> {
-            v.parse()
-                .map_err(|_| anyhow!("{arg}: {v:?} is not a whole number"))
-        };
-        match arg.as_str() {
-            "--quick" => {}
-            "--reps" => options.repetitions = number(value()?)?.max(1),
-            "--seconds" => options.seconds = number(value()?)?.max(1),
-            "--single-seconds" => options.single_seconds = number(value()?)?,
-            "--warmup" => options.warmup_seconds = number(value()?)?,
-            "--connections" => options.connections = number(value()?)?.max(1),
-            "--group" => {
-                let v = value()?;
-                options.groups.push(
-                    Group::parse(&v)
-                        .ok_or_else(|| anyhow!("--group: 5k, nobody or 64k, not {v:?}"))?,
-                );
-            }
-            "--only" => options.only.push(value()?),
-            "--wasm" => options.wasm = Some(PathBuf::from(value()?)),
-            "--compare-wasm" => options.compare_wasm = Some(PathBuf::from(value()?)),
-            "--out" => options.out = PathBuf::from(value()?),
-            "--policy" => options.policy = Some(PathBuf::from(value()?)),
-            "--decompose" => options.decompose = true,
-            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        o.repetitions = self.reps.unwrap_or(o.repetitions);
+        o.seconds = self.seconds.unwrap_or(o.seconds);
+        o.single_seconds = self.single_seconds.unwrap_or(o.single_seconds);
+        o.warmup_seconds = self.warmup.unwrap_or(o.warmup_seconds);
+        o.connections = self.connections.unwrap_or(o.connections);
+        if !self.group.is_empty() {
+            o.groups = self.group;
         }
+        o.only = self.only;
+        o.wasm = self.wasm;
+        o.compare_wasm = self.compare_wasm;
+        o.policy = self.policy;
+        o.decompose = self.decompose;
+        if let Some(out) = self.out {
+            o.out = out;
+        }
+        o
     }
-    Ok(options)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let result = parse(&args).and_then(|mode| match mode {
-        Mode::Load(o) => run(&o),
-        Mode::InWasm {
-            budget_ms,
-            module,
-            out,
-        } => bench::inwasm::run(budget_ms, module, &out).map(|report| {
+    let cli = Cli::parse();
+    let result = if cli.in_wasm {
+        let out = cli.out.clone().unwrap_or_else(|| Options::full().out);
+        bench::inwasm::run(cli.budget_ms, cli.module.clone(), &out).map(|report| {
             println!("{report}");
             println!("written: {}", out.join("in-wasm.md").display());
-        }),
-    });
+        })
+    } else {
+        run(&cli.options())
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
