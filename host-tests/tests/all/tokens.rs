@@ -1254,3 +1254,31 @@ fn the_token_is_taken_only_from_its_configured_place_and_scheme() {
         Some("Basic dXNlcjpwYXNz")
     );
 }
+
+#[test]
+fn a_condition_on_raw_claims_still_holds_when_the_token_comes_from_the_cache() {
+    // A policy whose conditions read `claims` keeps them in the token cache (one that
+    // does not drops them, to keep entries small): the second request is a cache hit
+    // and must be decided exactly as the first.
+    let config = example_policy(|p| {
+        let routes = p["routes"].as_array_mut().unwrap();
+        let record = routes
+            .iter_mut()
+            .find(|r| r["name"] == "patient-record")
+            .unwrap();
+        for rule in record["rules"].as_array_mut().unwrap() {
+            if rule["name"] == "insurer-claims" {
+                rule["when"] = json!("claims.client_id.startsWith('insurer-')");
+            }
+        }
+    });
+    let (mut proxy, _service) = start_at(config, T0);
+    let token = sign_dev(&persona_claims("insurer", T0 - 10, 3600));
+    let first = proxy.send(get(&token), upstream_record("p-1"));
+    assert_eq!(first.client.status, 200, "{:#?}", first.trace);
+    let hits = proxy.counter("consentry.token.cache_hit");
+    let second = proxy.send(get(&token), upstream_record("p-1"));
+    assert_eq!(second.client.status, 200, "{:#?}", second.trace);
+    assert_eq!(second.client.body, first.client.body);
+    assert_eq!(proxy.counter("consentry.token.cache_hit"), hits + 1);
+}

@@ -212,7 +212,8 @@ impl Plugin {
     pub fn new(config: Config) -> Self {
         let verifier = Verifier::new(config.issuers.clone())
             .with_max_token_bytes(config.limits.max_token_bytes);
-        let tokens = TokenCache::new(config.limits.token_cache_entries);
+        let tokens = TokenCache::new(config.limits.token_cache_entries)
+            .keeping_claims(config.policy.reads_token_claims());
         Self {
             config,
             verifier: RefCell::new(verifier),

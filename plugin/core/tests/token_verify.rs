@@ -1469,6 +1469,26 @@ fn the_cache_answers_until_expiry_and_is_keyed_by_a_digest() {
 }
 
 #[test]
+fn the_cache_keeps_the_raw_claims_only_when_the_policy_reads_them() {
+    let v = verifier();
+    let t = es256(&claims());
+    let mut keeping = TokenCache::new(4);
+    for _ in 0..2 {
+        let c = v.verify_cached(&mut keeping, t.as_bytes(), NOW).unwrap();
+        assert_eq!(c.claims["sub"], claims()["sub"], "miss, then hit");
+    }
+    let mut lean = TokenCache::new(4).keeping_claims(false);
+    for _ in 0..2 {
+        let c = v.verify_cached(&mut lean, t.as_bytes(), NOW).unwrap();
+        assert!(c.claims.is_null(), "miss, then hit");
+        // The typed consent is whole either way.
+        assert_eq!(c.subject, claims()["sub"].as_str().unwrap());
+        assert!(!c.purposes.is_empty());
+    }
+    assert_eq!(lean.stats(), (1, 1));
+}
+
+#[test]
 fn remote_keys_arrive_at_run_time_and_unknown_kids_refetch_at_a_bounded_rate() {
     let remote_only = with(
         issuer_json(),

@@ -176,6 +176,11 @@ impl Expr {
         &self.source
     }
 
+    /// Whether the expression reads the variable `name` anywhere.
+    pub fn reads(&self, name: &str) -> bool {
+        reads(&self.root, name)
+    }
+
     /// Evaluates to a boolean; anything else is an error.
     pub fn eval_bool(&self, env: &dyn Env) -> Result<bool, EvalError> {
         let mut scope = Vec::new();
@@ -188,6 +193,21 @@ impl Expr {
     pub fn eval<'e>(&self, env: &'e dyn Env) -> Result<Value<'e>, EvalError> {
         let mut scope = Vec::new();
         eval(&self.root, env, &mut scope, 0)
+    }
+}
+
+fn reads(node: &Node, name: &str) -> bool {
+    match node {
+        Node::Var(v) => v == name,
+        Node::Lit(_) | Node::Bound(_) => false,
+        Node::Field(a, _) | Node::Has(a, _) | Node::Not(a) | Node::Neg(a) => reads(a, name),
+        Node::Index(a, b)
+        | Node::And(a, b)
+        | Node::Or(a, b)
+        | Node::Bin(_, a, b)
+        | Node::Comprehension(_, a, b) => reads(a, name) || reads(b, name),
+        Node::Cond(a, b, c) => reads(a, name) || reads(b, name) || reads(c, name),
+        Node::Call(_, args) | Node::List(args) => args.iter().any(|a| reads(a, name)),
     }
 }
 
@@ -967,6 +987,25 @@ mod tests {
             "size(1) == 1",
         ] {
             assert!(run(src).is_err(), "{src}");
+        }
+    }
+
+    #[test]
+    fn reads_finds_a_variable_wherever_it_is_used() {
+        let vars = ["claims", "consent", "request"];
+        for (source, expected) in [
+            ("claims.a == 1", true),
+            ("has(claims.a)", true),
+            ("consent.subject == 'x' || size(claims) > 0", true),
+            ("consent.domains.exists(d, d == claims.d)", true),
+            ("[1, claims.a][0] == 1", true),
+            ("true ? 1 : claims.a", true),
+            ("!(request.method == 'GET')", false),
+            ("consent.purposes.all(p, p.startsWith('c'))", false),
+            ("'claims' in consent.domains", false),
+        ] {
+            let e = Expr::compile(source, &vars).unwrap();
+            assert_eq!(e.reads("claims"), expected, "{source}");
         }
     }
 

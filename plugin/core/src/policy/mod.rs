@@ -638,6 +638,15 @@ fn is_header_name(s: &str) -> bool {
 }
 
 impl Policy {
+    /// Whether a rule condition reads the token's raw `claims`. When none does, the
+    /// token cache need not keep them (most of a cached entry's size).
+    pub fn reads_token_claims(&self) -> bool {
+        self.routes
+            .iter()
+            .flat_map(|r| &r.rules)
+            .any(|rule| rule.when.as_ref().is_some_and(|e| e.reads("claims")))
+    }
+
     /// Compiles the policy. `newest_key` is the id of the newest pseudonymisation
     /// key (fields that pseudonymise without naming a key use it).
     pub fn compile(raw: RawPolicy, newest_key: &str) -> Result<Policy, Vec<Problem>> {

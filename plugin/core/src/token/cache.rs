@@ -30,6 +30,8 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub struct TokenCache {
     capacity: usize,
+    /// Whether entries keep the token's raw claims (`Consent::claims`).
+    keep_claims: bool,
     entries: BTreeMap<[u8; 32], Entry>,
     /// The entries' keys by last use, oldest first (`last_used` values are unique).
     by_use: BTreeMap<u64, [u8; 32]>,
@@ -49,12 +51,25 @@ impl TokenCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
+            keep_claims: true,
             entries: BTreeMap::new(),
             by_use: BTreeMap::new(),
             clock: 0,
             hits: 0,
             misses: 0,
         }
+    }
+
+    /// Whether verified consents keep the token's raw claims: only policies whose
+    /// conditions read `claims` need them, and they are most of an entry's size.
+    pub fn keeping_claims(mut self, keep: bool) -> Self {
+        self.keep_claims = keep;
+        self
+    }
+
+    /// True when verified consents keep the token's raw claims.
+    pub fn keeps_claims(&self) -> bool {
+        self.keep_claims
     }
 
     /// The cache key of a token: its SHA-256.

@@ -260,7 +260,11 @@ impl Verifier {
         if let Some(consent) = cache.get(&key, now, self.key_generation) {
             return Ok(consent);
         }
-        let consent = Arc::new(self.verify(token, now)?);
+        let mut consent = self.verify(token, now)?;
+        if !cache.keeps_claims() {
+            consent.claims = serde_json::Value::Null;
+        }
+        let consent = Arc::new(consent);
         let skew = self
             .issuer(&consent.issuer)
             .map_or(0, |i| i.clock_skew_seconds);
