@@ -648,31 +648,15 @@ impl Record {
                 o.str("decision", &d.decision);
                 o.str("code", &d.code);
                 o.str("reason", &d.reason);
-                o.key("released");
-                o.out.push('[');
-                for (i, r) in d.released.iter().enumerate() {
-                    if i > 0 {
-                        o.out.push(',');
-                    }
-                    let mut m = JsonWriter::new(o.out);
+                o.objects("released", &d.released, |m, r| {
                     m.str("field", &r.field);
                     m.num("count", r.count);
-                    m.finish();
-                }
-                o.out.push(']');
-                o.key("redacted");
-                o.out.push('[');
-                for (i, r) in d.redacted.iter().enumerate() {
-                    if i > 0 {
-                        o.out.push(',');
-                    }
-                    let mut m = JsonWriter::new(o.out);
+                });
+                o.objects("redacted", &d.redacted, |m, r| {
                     m.str("field", &r.field);
                     m.str("action", &r.action);
                     m.num("count", r.count);
-                    m.finish();
-                }
-                o.out.push(']');
+                });
                 o.opt("alert", d.alert.as_deref());
             }
             Body::Checkpoint { interval_s } => o.num("interval_s", *interval_s),
@@ -706,6 +690,22 @@ impl<'o> JsonWriter<'o> {
     fn str(&mut self, name: &str, value: &str) {
         self.key(name);
         push_json_string(self.out, value);
+    }
+
+    /// A member whose value is an array of objects, one per item, each written by
+    /// `write`.
+    fn objects<T>(&mut self, name: &str, items: &[T], write: impl Fn(&mut JsonWriter<'_>, &T)) {
+        self.key(name);
+        self.out.push('[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            let mut m = JsonWriter::new(self.out);
+            write(&mut m, item);
+            m.finish();
+        }
+        self.out.push(']');
     }
 
     fn opt(&mut self, name: &str, value: Option<&str>) {
