@@ -1,7 +1,7 @@
 //! Per-request cost of the plugin in the harness, for the scenarios of the Envoy
 //! benchmark (`consentry-bench`): a whole exchange (request headers, decision, response
 //! headers, body, audit record) through the release `.wasm` on wasmtime, and the same
-//! flow natively (the core's `Plugin` behind a fake host, no wasm).
+//! flow natively (the core's state machine behind its fake host, no wasm).
 //!
 //! ```text
 //! cargo bench -p consentry-host --bench per_request                  # time per request
@@ -20,14 +20,14 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use consentry_core::host::{DispatchError, Host, LogLevel, OutgoingCall, SharedDataError};
+use consentry_core::host::Side;
 use consentry_core::http::{Connection, Headers, RequestHead};
-use consentry_core::{Attempt, BodyAction, Plugin as CorePlugin, RequestAction, ResponseAction};
+use consentry_core::testing::FakeHost;
+use consentry_core::{Event, Filter as CoreFilter, Flow, ResponseHead};
 use consentry_host::fixtures::{ConsentService, DEV_PSEUDONYM_KEYS};
 use consentry_host::{Proxy, Request, Response, mint};
 use serde_json::Value;
@@ -299,63 +299,12 @@ fn consentry_bench_measured_wasm(proxy: &mut Proxy, items: Vec<(Request, Respons
 }
 
 // ---------------------------------------------------------------------------------------
-// The same flow natively: the core's Plugin behind a fake host.
-
-struct FakeHost {
-    now: SystemTime,
-    rng: u64,
-    shared: HashMap<String, (Vec<u8>, u32)>,
-    cas: u32,
-    calls: Vec<(u32, OutgoingCall)>,
-    next_call: u32,
-    counters: HashMap<String, u64>,
-    log_bytes: usize,
-}
-
-impl Host for FakeHost {
-    fn now(&self) -> SystemTime {
-        self.now
-    }
-    fn fill_random(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            self.rng = self.rng.wrapping_mul(6364136223846793005).wrapping_add(1);
-            *b = (self.rng >> 33) as u8;
-        }
-    }
-    fn log(&mut self, _level: LogLevel, message: &str) {
-        self.log_bytes += black_box(message.len());
-    }
-    fn shared_get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.shared.get(key).cloned()
-    }
-    fn shared_set(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        _cas: Option<u32>,
-    ) -> Result<(), SharedDataError> {
-        self.cas += 1;
-        self.shared
-            .insert(key.to_owned(), (value.to_vec(), self.cas));
-        Ok(())
-    }
-    fn count(&mut self, name: &str, delta: u64) {
-        if let Some(c) = self.counters.get_mut(name) {
-            *c += delta;
-        } else {
-            self.counters.insert(name.to_owned(), delta);
-        }
-    }
-    fn dispatch(&mut self, call: &OutgoingCall) -> Result<u32, DispatchError> {
-        self.next_call += 1;
-        self.calls.push((self.next_call, call.clone()));
-        Ok(self.next_call)
-    }
-}
+// The same flow natively: the core's state machine behind its fake host, no wasm.
 
 struct Native {
-    plugin: CorePlugin,
+    filter: CoreFilter,
     host: FakeHost,
+    next_stream: u32,
 }
 
 impl Native {
@@ -364,20 +313,15 @@ impl Native {
         let env = |name: &str| {
             (name == "CONSENTRY_PSEUDONYM_KEYS").then(|| DEV_PSEUDONYM_KEYS.to_owned())
         };
-        let plugin = CorePlugin::from_json(config.as_bytes(), &env)
-            .unwrap_or_else(|e| panic!("{}: {:?}", s.name, e.0));
-        let mut host = FakeHost {
-            now,
-            rng: 7,
-            shared: HashMap::new(),
-            cas: 0,
-            calls: Vec::new(),
-            next_call: 0,
-            counters: HashMap::new(),
-            log_bytes: 0,
+        let mut host = FakeHost::new(now);
+        host.discard_logs = true;
+        let (filter, loaded) = CoreFilter::configure(config.as_bytes(), &env, &mut host);
+        loaded.unwrap_or_else(|e| panic!("{}: {:?}", s.name, e.0));
+        let mut n = Native {
+            filter,
+            host,
+            next_stream: 2,
         };
-        plugin.start(&mut host);
-        let mut n = Native { plugin, host };
         n.answer_calls();
         n
     }
@@ -402,13 +346,16 @@ impl Native {
                 .unwrap()
                 .into_bytes()
             };
-            self.plugin
-                .on_call_response(token, 200, &body, &mut self.host);
+            self.filter
+                .on_call_response(token, 200, &body, 1, &mut self.host);
         }
     }
 
     /// One whole exchange; returns the status the client gets.
     fn exchange(&mut self, path: &str, token: &str, body: Option<&[u8]>) -> u16 {
+        let id = self.next_stream;
+        self.next_stream += 1;
+        self.filter.on_stream_created(id);
         let mut headers = Headers::new();
         headers.push(":method", "GET");
         headers.push(":path", path);
@@ -427,54 +374,61 @@ impl Native {
             },
             end_of_stream: true,
         };
-        let (mut ex, mut action) =
-            self.plugin
-                .on_request_headers(&head, &mut self.host, Attempt::First);
-        if let RequestAction::Wait(_) = action {
+        self.host.enter(id);
+        let mut flow = self
+            .filter
+            .on_event(id, Event::RequestHeaders(head), &mut self.host);
+        if flow == Flow::Pause && self.host.stream(id).replies.is_empty() {
             self.answer_calls();
-            (ex, action) = self
-                .plugin
-                .on_request_headers(&head, &mut self.host, Attempt::Again);
+            self.host.enter(id);
+            if self.host.stream(id).resumed.contains(&Side::Request) {
+                flow = Flow::Continue;
+            }
         }
-        let status = match action {
-            RequestAction::Forward { .. } => {
-                let mut rh = Headers::new();
-                let len = body.map_or(0, <[u8]>::len).to_string();
-                rh.push(":status", if body.is_some() { "200" } else { "204" });
-                if body.is_some() {
-                    rh.push("content-type", "application/json");
-                    rh.push("content-length", len);
-                }
-                let code = if body.is_some() { 200 } else { 204 };
-                match self.plugin.on_response_headers(
-                    &mut ex,
-                    code,
-                    &rh,
-                    body.is_none(),
-                    &mut self.host,
-                ) {
-                    ResponseAction::Pass(_) => code,
-                    ResponseAction::Reply(r) => r.status,
-                    ResponseAction::Hold => {
-                        let b = body.unwrap_or_default();
-                        let _ =
-                            self.plugin
-                                .on_response_body_progress(&mut ex, b.len(), &mut self.host);
-                        match self.plugin.on_response_body(&mut ex, b, &mut self.host) {
-                            BodyAction::Release { body, .. } => {
-                                black_box(body);
-                                code
-                            }
-                            BodyAction::Reply(r) => r.status,
-                            _ => 0,
+        let status = if flow == Flow::Continue {
+            let mut rh = Headers::new();
+            let code = if body.is_some() { 200 } else { 204 };
+            rh.push(":status", code.to_string());
+            if let Some(b) = body {
+                rh.push("content-type", "application/json");
+                rh.push("content-length", b.len().to_string());
+            }
+            let head = ResponseHead {
+                status: code,
+                headers: rh,
+                end_of_stream: body.is_none(),
+            };
+            let flow = self
+                .filter
+                .on_event(id, Event::ResponseHeaders(head), &mut self.host);
+            match (flow, body) {
+                (Flow::Continue, _) => code,
+                (Flow::Pause, Some(b)) if self.host.stream(id).replies.is_empty() => {
+                    self.host.stream(id).response_body = b.to_vec();
+                    let event = Event::ResponseBody {
+                        size: b.len(),
+                        end_of_stream: true,
+                    };
+                    match self.filter.on_event(id, event, &mut self.host) {
+                        Flow::Continue => {
+                            black_box(std::mem::take(&mut self.host.stream(id).response_body));
+                            code
                         }
+                        Flow::Pause => self.host.stream(id).replies.first().map_or(0, |r| r.status),
                     }
                 }
+                (Flow::Pause, _) => self.host.stream(id).replies.first().map_or(0, |r| r.status),
             }
-            RequestAction::Reply(r) => r.status,
-            RequestAction::Wait(_) => 503,
+        } else {
+            self.host
+                .stream(id)
+                .replies
+                .first()
+                .map_or(503, |r| r.status)
         };
-        self.plugin.finish(&ex, &mut self.host);
+        self.filter.on_event(id, Event::Log, &mut self.host);
+        self.filter.on_delete(id, &mut self.host);
+        self.host.streams.remove(&id);
         status
     }
 }

@@ -1,7 +1,7 @@
 //! Audit logs on disk: what `consentry audit verify` and `consentry report` read.
 //!
 //! A log is Envoy's own log (the plugin's records are the lines that carry
-//! [`LOG_MARKER`], `... wasm log consentry ...: consentry-audit {"v":1,...}`), or a
+//! [`LOG_MARKER`], `... wasm log consentry ...: consentry-audit {"v":2,...}`), or a
 //! file of bare JSON records, one per line; other lines are skipped. The record
 //! format, its canonical form and what verification detects are documented in
 //! [`consentry_core::audit`].

@@ -45,7 +45,7 @@ fn text(v: &Value, key: &str) -> Option<String> {
 
 /// Reads the explanation out of a replay.
 pub fn from_replay(replay: &Replay) -> Explanation {
-    let debug: Value = marked(replay, consentry_core::filter::EXPLAIN_MARKER)
+    let debug: Value = marked(replay, consentry_core::exchange::EXPLAIN_MARKER)
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or(Value::Null);
     let audit: Value = marked(replay, consentry_core::audit::LOG_MARKER)

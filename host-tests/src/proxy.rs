@@ -950,12 +950,17 @@ impl Proxy {
             start_local_reply(vm, run, reply, now);
             return Ok(true);
         }
+        // A held body may have been replaced from another context (a call's answer).
+        if let Some(held) = held_body(vm, id, true) {
+            run.req_body.buffered = held;
+        }
         if take_flag(vm, id, |s| &mut s.continue_request) {
             run.trace.push("continue_stream(request)".into());
             if run.req_headers == Side::Held {
                 run.req_headers = Side::Released;
             }
             run.req_body.release();
+            set_body(vm, id, None, true);
         }
         let headers_held = run.req_headers == Side::Held;
         let can_deliver = !headers_held || allow;
@@ -989,13 +994,14 @@ impl Proxy {
                 "on_request_body(size={size}, eos={eos}) -> {action:?}"
             ));
             let body = &mut run.req_body;
-            body.buffered = set_body(vm, id, None, true).unwrap_or_default();
+            body.buffered = held_body(vm, id, true).unwrap_or_default();
             if eos {
                 body.input_done = true;
             }
             if action == Action::Continue {
                 run.req_headers = Side::Released;
                 body.release();
+                set_body(vm, id, None, true);
             }
             return Ok(true);
         }
@@ -1005,16 +1011,21 @@ impl Proxy {
                 s.request_trailers = lower_all(trailers);
                 s.request_trailers_map = Access::Open;
             }
+            // The body held so far is the plugin's to read and replace here.
+            let held = run.req_body.buffered.clone();
+            set_body(vm, id, Some(held), true);
             let action = vm.on_request_trailers(id, n)?;
             run.trace
                 .push(format!("on_request_trailers(n={n}) -> {action:?}"));
             run.req_body.input_done = true;
+            run.req_body.buffered = held_body(vm, id, true).unwrap_or_default();
             if action == Action::Continue {
                 if let Some(s) = vm.state_mut().streams.get_mut(&id) {
                     s.request_trailers_map = Access::Gone;
                 }
                 run.req_headers = Side::Released;
                 run.req_body.release();
+                set_body(vm, id, None, true);
             }
             return Ok(true);
         }
@@ -1100,6 +1111,9 @@ impl Proxy {
             let client = reset_response(run, vm);
             return finish_run(vm, run, client).map(|()| true);
         }
+        if let (Some(held), Some(b)) = (held_body(vm, id, false), run.resp_body.as_mut()) {
+            b.buffered = held;
+        }
         if take_flag(vm, id, |s| &mut s.continue_response) {
             run.trace.push("continue_stream(response)".into());
             if run.resp_headers == Side::Held {
@@ -1108,6 +1122,7 @@ impl Proxy {
             if let Some(b) = run.resp_body.as_mut() {
                 b.release();
             }
+            set_body(vm, id, None, false);
         }
         let Some(body) = run.resp_body.as_mut() else {
             return Ok(false);
@@ -1193,7 +1208,7 @@ impl Proxy {
             let Some(body) = run.resp_body.as_mut() else {
                 return Ok(false);
             };
-            body.buffered = set_body(vm, id, None, false).unwrap_or_default();
+            body.buffered = held_body(vm, id, false).unwrap_or_default();
             if eos {
                 body.input_done = true;
             }
@@ -1208,6 +1223,7 @@ impl Proxy {
             if action == Action::Continue {
                 run.resp_headers = Side::Released;
                 body.release();
+                set_body(vm, id, None, false);
             }
             return Ok(true);
         }
@@ -1217,14 +1233,32 @@ impl Proxy {
                 s.response_trailers = lower_all(trailers);
                 s.response_trailers_map = Access::Open;
             }
+            // The body held so far is the plugin's to read and replace here (the
+            // last body callback had no end of stream: trailers end the body).
+            let held = body.buffered.clone();
+            set_body(vm, id, Some(held), false);
             let action = vm.on_response_trailers(id, n)?;
             run.trace
                 .push(format!("on_response_trailers(n={n}) -> {action:?}"));
+            if vm
+                .state()
+                .streams
+                .get(&id)
+                .is_some_and(|s| s.local_reply.is_some())
+            {
+                return Ok(true);
+            }
+            let held = held_body(vm, id, false).unwrap_or_default();
             if let Some(b) = run.resp_body.as_mut() {
                 b.input_done = true;
+                b.buffered = held;
                 if action == Action::Continue {
+                    if let Some(s) = vm.state_mut().streams.get_mut(&id) {
+                        s.response_trailers_map = Access::Gone;
+                    }
                     run.resp_headers = Side::Released;
                     b.release();
+                    set_body(vm, id, None, false);
                 }
             }
             return Ok(true);
@@ -1487,6 +1521,17 @@ fn take_flag(vm: &mut Vm, id: u32, f: impl FnOnce(&mut StreamHost) -> &mut bool)
 
 /// Shows `body` to the next body callback (`Some`), or takes back what the
 /// plugin left there (`None`).
+/// The body the host holds for the plugin (a held body stays readable and
+/// replaceable from any context, as in Envoy, until the stream moves on).
+fn held_body(vm: &Vm, id: u32, request: bool) -> Option<Vec<u8>> {
+    let s = vm.state().streams.get(&id)?;
+    if request {
+        s.request_body.clone()
+    } else {
+        s.response_body.clone()
+    }
+}
+
 fn set_body(vm: &mut Vm, id: u32, body: Option<Vec<u8>>, request: bool) -> Option<Vec<u8>> {
     let s = vm.state_mut().streams.get_mut(&id)?;
     let slot = if request {

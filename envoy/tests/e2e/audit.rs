@@ -84,7 +84,7 @@ fn verify(log: &Path) -> Output {
 fn record_lines(log: &str) -> Vec<usize> {
     log.lines()
         .enumerate()
-        .filter(|(_, l)| l.contains(r#"consentry-audit {"v":1,"kind":"decision""#))
+        .filter(|(_, l)| l.contains(r#"consentry-audit {"v":2,"kind":"decision""#))
         .map(|(i, _)| i + 1)
         .collect()
 }

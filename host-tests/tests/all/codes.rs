@@ -390,11 +390,6 @@ fn every_unredactable_answer_is_withheld_whole() {
             "too_large",
         ),
         (
-            "trailers after a held body",
-            Response::json(200, &record).trailer("x-checksum", "abc"),
-            "trailers",
-        ),
-        (
             "206 partial content",
             Response::new(206)
                 .header("content-type", "application/json")
@@ -443,6 +438,11 @@ fn every_unredactable_answer_is_withheld_whole() {
         (
             "a chunked body of exactly the limit",
             json_ct().chunks(sized(LIMIT).as_bytes().chunks(1000)),
+        ),
+        (
+            // Trailers end the body: it is redacted there, the trailers dropped.
+            "trailers after a held body",
+            Response::json(200, &record).trailer("x-checksum", "abc"),
         ),
     ] {
         let out = proxy.send(read(&t), r);

@@ -3,26 +3,27 @@
 //!
 //! # Emission
 //! Every record is one line of JSON. The plugin writes it to the proxy's log as
-//! [`LOG_MARKER`] followed by the record (`consentry-audit {"v":1,...}`), so Envoy's
+//! [`LOG_MARKER`] followed by the record (`consentry-audit {"v":2,...}`), so Envoy's
 //! own log carries the trail; `consentry audit verify` finds the records by that marker
 //! (see [`extract_record`]). The same record text may also go to a collector through
 //! [`AuditShipper`].
 //!
 //! # A decision record
 //! ```text
-//! {"v":1,"kind":"decision","chain":"3f0c9a51d2e87b46","seq":2,
+//! {"v":2,"kind":"decision","chain":"3f0c9a51d2e87b46","seq":2,
 //!  "prev":"9c1e…(64 hex)","time":"2026-11-27T12:00:00.123Z",
 //!  "request_id":"0f7cb765-86fc-485c-b1a8-6470c46bf45a",
 //!  "caller":"spiffe://insurer.example/claims",
 //!  "subject":"hmac-sha256:k1:5b1d0c…(32 hex)","acts_for":null,"purpose":"claims",
 //!  "consent_id":"c-7781","route":"GET /patients/{id}","rule":"insurer-read",
-//!  "decision":"allow","code":"ok","reason":"rule_matched",
+//!  "decision":"allow","code":"ok","reason":"rule_matched","outcome":"released","status":200,
 //!  "released":[{"field":"$.id","count":1}],
 //!  "redacted":[{"field":"$.identity.name","action":"pseudonymise","count":1}],
 //!  "alert":null,"alg":"hmac-sha256","kid":"k1","hash":"…(64 hex)"}
 //! ```
 //! (shown wrapped; a record is always one line). Members:
-//! - `v`: the format version, `1`. `kind`: `decision` (or `checkpoint`, below).
+//! - `v`: the format version, `2` (version 1 records, without `outcome` and `status`,
+//!   are still verified). `kind`: `decision` (or `checkpoint`, below).
 //! - `chain`: the chain's id, random per VM, made when the VM starts, so each worker's
 //!   chain verifies on its own. `seq`: 1, 2, … within the chain. `prev`: the previous
 //!   record's `hash` in the chain; for `seq` 1, 64 zeros.
@@ -42,6 +43,12 @@
 //!   subject-access report for the ward searches both members.
 //! - `decision`: `allow` or `deny`; `code`: the problem code the client got, or `ok`;
 //!   `reason`: the internal reason (`no_rule_matched`, …), a constant of the plugin.
+//! - `outcome`: what really happened to the stream: `released` (the allowed answer
+//!   went out, redacted as the record says; the record is written before it goes),
+//!   `refused` (the plugin's refusal went out), `withheld` (the plugin's problem, or
+//!   the proxy's own reply, went out in place of the upstream's answer), `reset` (no
+//!   complete answer reached the client), `proxy_reply` (the proxy answered before the
+//!   plugin saw the request). `status`: the status the client got, 0 for none.
 //! - `released` / `redacted`: the fields by name (the policy's path, never a value),
 //!   with the action taken and how many values it touched, sorted by name then action.
 //! - `alert`: `null`, or a named alert such as `lockout`.
@@ -101,11 +108,12 @@ use crate::host::OutgoingCall;
 use crate::problem::Code;
 
 /// Put before every record in the proxy's log: the contract between the plugin and
-/// `consentry audit verify` (`consentry-audit {"v":1,...}`).
+/// `consentry audit verify` (`consentry-audit {"v":2,...}`).
 pub const LOG_MARKER: &str = "consentry-audit ";
 
-/// The record format's version (`v`).
-pub const FORMAT_VERSION: u64 = 1;
+/// The record format's version (`v`). Version 1 records (without `outcome` and
+/// `status`) are still read and verified.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// `prev` of a chain's first record.
 pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -143,6 +151,35 @@ impl Decision {
         match self {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
+        }
+    }
+}
+
+/// How a stream ended, as far as the client is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The allowed response went to the client, redacted as recorded.
+    Released,
+    /// The plugin refused the request; its problem went to the client.
+    Refused,
+    /// The answer was withheld: the plugin's problem (or the proxy's own reply)
+    /// went to the client in its place.
+    Withheld,
+    /// The stream was reset (by the plugin, the client or the upstream): the
+    /// client got no complete answer.
+    Reset,
+    /// The proxy answered before the plugin saw the request (an earlier filter).
+    ProxyReply,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Released => "released",
+            Ending::Refused => "refused",
+            Ending::Withheld => "withheld",
+            Ending::Reset => "reset",
+            Ending::ProxyReply => "proxy_reply",
         }
     }
 }
@@ -250,6 +287,9 @@ pub struct AuditEntry<'a> {
     /// The problem the client got; `None` writes `ok`.
     pub code: Option<Code>,
     pub reason: &'static str,
+    /// How the stream ended for the client, and the status it got (0: none).
+    pub ending: Ending,
+    pub status: u16,
     pub fields: FieldReport,
     pub alert: Option<Alert>,
 }
@@ -277,6 +317,11 @@ impl<'a> AuditEntry<'a> {
             decision,
             code,
             reason,
+            ending: match decision {
+                Decision::Allow => Ending::Released,
+                Decision::Deny => Ending::Refused,
+            },
+            status: 0,
             fields: FieldReport::new(),
             alert: None,
         }
@@ -339,6 +384,8 @@ impl AuditTrail {
             decision: entry.decision.as_str().to_owned(),
             code: entry.code.map_or("ok", Code::as_str).to_owned(),
             reason: entry.reason.to_owned(),
+            outcome: Some(entry.ending.as_str().to_owned()),
+            status: Some(u64::from(entry.status)),
             released: entry
                 .fields
                 .released
@@ -476,6 +523,10 @@ pub struct DecisionBody {
     pub decision: String,
     pub code: String,
     pub reason: String,
+    /// How the stream ended (`released`, `refused`, `withheld`, `reset`,
+    /// `proxy_reply`) and the status the client got; `None` in version 1 records.
+    pub outcome: Option<String>,
+    pub status: Option<u64>,
     pub released: Vec<Released>,
     pub redacted: Vec<Redacted>,
     pub alert: Option<String>,
@@ -524,6 +575,10 @@ struct DecisionWire {
     decision: String,
     code: String,
     reason: String,
+    #[serde(default)]
+    outcome: Option<String>,
+    #[serde(default)]
+    status: Option<u64>,
     released: Vec<Released>,
     redacted: Vec<Redacted>,
     alert: Option<String>,
@@ -552,7 +607,7 @@ impl Record {
     /// `hash`. Only the structure is checked here; [`verify`] checks the rest.
     pub fn parse(json: &str) -> Result<(Record, String), String> {
         let head: Head = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        if head.v != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&head.v) {
             return Err(format!("unsupported record version {}", head.v));
         }
         match head.kind.as_str() {
@@ -571,6 +626,8 @@ impl Record {
                     decision: w.decision,
                     code: w.code,
                     reason: w.reason,
+                    outcome: w.outcome,
+                    status: w.status,
                     released: w.released,
                     redacted: w.redacted,
                     alert: w.alert,
@@ -648,6 +705,10 @@ impl Record {
                 o.str("decision", &d.decision);
                 o.str("code", &d.code);
                 o.str("reason", &d.reason);
+                if self.v >= 2 {
+                    o.opt("outcome", d.outcome.as_deref());
+                    o.num("status", d.status.unwrap_or(0));
+                }
                 o.objects("released", &d.released, |m, r| {
                     m.str("field", &r.field);
                     m.num("count", r.count);
@@ -856,12 +917,7 @@ fn same_hash(a: &str, b: &str) -> bool {
 // ---------------------------------------------------------------------------------
 // Time: RFC 3339 UTC with milliseconds, without a time zone database.
 
-/// Milliseconds since the Unix epoch; times before it (a broken clock) count as 0.
-pub fn unix_millis(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::host::unix_millis;
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds.
 pub fn format_time(ms: u64) -> String {
@@ -1551,6 +1607,7 @@ mod tests {
                 "rule_matched"
             },
         );
+        e.status = if deny { 403 } else { 200 };
         e.subject = Some("patient-0042");
         e.purpose = Some("claims");
         e.consent_id = Some("c-7781");
@@ -1587,7 +1644,7 @@ mod tests {
         let mut t = AuditTrail::new("3f0c9a51d2e87b46", Some(k1()));
         let line = t.record(entry(T0 + 123, 1));
         let canonical = concat!(
-            r#"{"v":1,"kind":"decision","chain":"3f0c9a51d2e87b46","seq":1,"#,
+            r#"{"v":2,"kind":"decision","chain":"3f0c9a51d2e87b46","seq":1,"#,
             r#""prev":"0000000000000000000000000000000000000000000000000000000000000000","#,
             r#""time":"2026-11-27T12:00:00.123Z","#,
             r#""request_id":"0f7cb765-86fc-485c-b1a8-6470c46bf45a","#,
@@ -1595,6 +1652,7 @@ mod tests {
             r#""subject":"hmac-sha256:k1:SUBJECT","acts_for":null,"purpose":"claims","#,
             r#""consent_id":"c-7781","route":"GET /patients/{id}","rule":"insurer-read","#,
             r#""decision":"allow","code":"ok","reason":"rule_matched","#,
+            r#""outcome":"released","status":200,"#,
             r#""released":[{"field":"$.id","count":1}],"#,
             r#""redacted":[{"field":"$.identity.name","action":"pseudonymise","count":1},"#,
             r#"{"field":"$.visits[*].diagnosis","action":"remove","count":3}],"#,
@@ -1618,6 +1676,24 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["seq"], 1);
         assert_eq!(t.seq(), 1);
+    }
+
+    #[test]
+    fn version_1_records_still_verify_and_cannot_be_upgraded_silently() {
+        // A version 1 record: no `outcome`, no `status`.
+        let mut r = Record::parse(&chain("aaaa", None, 1)[0]).unwrap().0;
+        r.v = 1;
+        if let Body::Decision(d) = &mut r.body {
+            d.outcome = None;
+            d.status = None;
+        }
+        let canonical = r.canonical();
+        assert!(!canonical.contains("outcome"), "{canonical}");
+        let line = with_hash(&canonical, &hex(&Sha256::digest(canonical.as_bytes())));
+        assert_eq!(verify([line.as_str()], &[]).unwrap().records, 1);
+        // The same bytes claiming version 2 are not canonical for it.
+        let forged = line.replacen("{\"v\":1,", "{\"v\":2,", 1);
+        assert_eq!(failure(&[forged], &[]).reason, FailureReason::NotCanonical);
     }
 
     #[test]
@@ -1752,7 +1828,7 @@ mod tests {
         lines[1] = lines[1].replacen("\"caller\":\"spiffe", "\"caller\":\"\\u0073piffe", 1);
         assert_eq!(failure(&lines, &[k1()]).reason, FailureReason::NotCanonical);
         let mut lines = chain("aaaa", Some(k1()), 2);
-        lines[1] = lines[1].replacen("{\"v\":1,", "{\"v\":1,\"v\":1,", 1);
+        lines[1] = lines[1].replacen("{\"v\":2,", "{\"v\":2,\"v\":2,", 1);
         assert!(matches!(
             failure(&lines, &[k1()]).reason,
             FailureReason::Malformed(_)
@@ -1889,8 +1965,8 @@ mod tests {
             f.to_string()
                 .starts_with("line 2: not a valid audit record (")
         );
-        let lines = vec![emission(r#"{"v":2,"kind":"decision"}"#)];
-        assert!(failure(&lines, &[]).to_string().contains("version 2"));
+        let lines = vec![emission(r#"{"v":3,"kind":"decision"}"#)];
+        assert!(failure(&lines, &[]).to_string().contains("version 3"));
         assert_eq!(verify(["", "text"], &[]).unwrap().records, 0);
     }
 

@@ -5,7 +5,7 @@
 
 pub mod audit;
 pub mod config;
-pub mod filter;
+pub mod exchange;
 pub mod host;
 pub mod http;
 pub mod policy;
@@ -15,4 +15,7 @@ pub mod redact;
 pub mod route;
 pub mod token;
 
-pub use filter::{Attempt, BodyAction, Exchange, Plugin, RequestAction, ResponseAction};
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use exchange::{Event, Filter, Flow, Plugin, ResponseHead};

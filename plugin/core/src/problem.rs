@@ -117,6 +117,28 @@ impl Code {
         }
     }
 
+    /// The proxy's `response.code_details` for the reply: `consentry.` and the
+    /// code, so the proxy's own replies can be told apart from the plugin's.
+    pub fn details(self) -> &'static str {
+        match self {
+            Code::TokenMissing => "consentry.token_missing",
+            Code::TokenInvalid => "consentry.token_invalid",
+            Code::TokenExpired => "consentry.token_expired",
+            Code::TokenAmbiguous => "consentry.token_ambiguous",
+            Code::ConsentRevoked => "consentry.consent_revoked",
+            Code::ConsentSuspended => "consentry.consent_suspended",
+            Code::TokenUnbound => "consentry.token_unbound",
+            Code::AccessDenied => "consentry.access_denied",
+            Code::BadRequest => "consentry.bad_request",
+            Code::RequestTooLarge => "consentry.request_too_large",
+            Code::RateLimited => "consentry.rate_limited",
+            Code::LockedOut => "consentry.locked_out",
+            Code::UpstreamError => "consentry.upstream_error",
+            Code::UnsafeResponse => "consentry.unsafe_response",
+            Code::DependencyUnavailable => "consentry.dependency_unavailable",
+        }
+    }
+
     /// What the caller can do about it, in one sentence.
     pub fn detail(self) -> &'static str {
         match self {
@@ -191,7 +213,7 @@ pub fn reply(
         status,
         headers,
         body: body.to_string().into_bytes(),
-        details: code.as_str(),
+        details: code.details(),
     }
 }
 

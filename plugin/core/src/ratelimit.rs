@@ -1,7 +1,7 @@
 //! Token buckets and lockouts shared by every worker of the proxy.
 //!
-//! The state lives in the proxy's shared data ([`Host::shared_get`] /
-//! [`Host::shared_set`] with compare-and-swap), so all workers of one proxy count
+//! The state lives in the proxy's shared data ([`SharedData::shared_get`] /
+//! [`SharedData::shared_set`] with compare-and-swap), so all workers of one proxy count
 //! against the same buckets. Each update reads the value with its CAS token, computes
 //! the new state and writes it back with that token; a [`SharedDataError::CasMismatch`]
 //! (another worker wrote in between) reads again, at most [`MAX_ATTEMPTS`] times.
@@ -59,8 +59,7 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::audit::unix_millis;
-use crate::host::{Host, SharedDataError};
+use crate::host::{HostError, SharedData, SharedDataError, unix_millis};
 
 /// CAS attempts before [`check`] gives up (and refuses).
 pub const MAX_ATTEMPTS: usize = 8;
@@ -204,10 +203,12 @@ impl Bucket {
 }
 
 /// Takes one token from `key`'s bucket if it has one.
-pub fn check(host: &mut dyn Host, key: &RateKey, limit: &Limit, now: SystemTime) -> Decision {
+pub fn check(host: &mut dyn SharedData, key: &RateKey, limit: &Limit, now: SystemTime) -> Decision {
     let now_ms = unix_millis(now);
     for _ in 0..MAX_ATTEMPTS {
-        let current = host.shared_get(key.as_str());
+        let Ok(current) = host.shared_get(key.as_str()) else {
+            return Decision::Unavailable;
+        };
         let cas = current.as_ref().map_or(CREATE_CAS, |(_, cas)| *cas);
         let stored = current
             .and_then(|(bytes, _)| Bucket::decode(&bytes))
@@ -305,7 +306,7 @@ impl Refusals {
 /// caller raises one audit alert). Refusals while locked out do not extend the lock.
 /// A policy with `refusals` 0 never locks anyone out.
 pub fn record_refusal(
-    host: &mut dyn Host,
+    host: &mut dyn SharedData,
     key: &RateKey,
     policy: &LockoutPolicy,
     now: SystemTime,
@@ -317,7 +318,9 @@ pub fn record_refusal(
     let lock_key = key.lock_key();
     let window_ms = u64::from(policy.window_seconds) * 1000;
     for _ in 0..MAX_ATTEMPTS {
-        let current = host.shared_get(&lock_key);
+        let Ok(current) = host.shared_get(&lock_key) else {
+            return None;
+        };
         let cas = current.as_ref().map_or(CREATE_CAS, |(_, cas)| *cas);
         let mut state = current
             .and_then(|(bytes, _)| Refusals::decode(&bytes))
@@ -347,12 +350,20 @@ pub fn record_refusal(
     None
 }
 
-/// The lockout in force for `key`'s caller at `now`, if any.
-pub fn locked_until(host: &mut dyn Host, key: &RateKey, now: SystemTime) -> Option<Lockout> {
+/// The lockout in force for `key`'s caller at `now`, if any. A lockout that cannot
+/// be read is an error, never "not locked out".
+pub fn locked_until(
+    host: &mut dyn SharedData,
+    key: &RateKey,
+    now: SystemTime,
+) -> Result<Option<Lockout>, HostError> {
     let now_ms = unix_millis(now);
-    let (bytes, _) = host.shared_get(&key.lock_key())?;
-    let state = Refusals::decode(&bytes)?;
-    (now_ms < state.locked_until_ms).then(|| Lockout::at(state.locked_until_ms, now_ms))
+    let Some((bytes, _)) = host.shared_get(&key.lock_key())? else {
+        return Ok(None);
+    };
+    Ok(Refusals::decode(&bytes)
+        .filter(|state| now_ms < state.locked_until_ms)
+        .map(|state| Lockout::at(state.locked_until_ms, now_ms)))
 }
 
 #[cfg(test)]
@@ -362,20 +373,19 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
-    use crate::host::{DispatchError, LogLevel, OutgoingCall};
 
     /// Envoy's shared data, exactly: one CAS counter for all keys starting at 1; a
     /// missing key reads as `None`; a write with a stale CAS is `CasMismatch`; a
     /// write with a CAS to a missing key succeeds.
     #[derive(Default)]
-    struct SharedData {
+    struct Store {
         values: HashMap<String, (Vec<u8>, u32)>,
         next_cas: u32,
         writes: usize,
         fail_writes: bool,
     }
 
-    impl SharedData {
+    impl Store {
         fn set(
             &mut self,
             key: &str,
@@ -401,18 +411,18 @@ mod tests {
         }
     }
 
-    type Hook = Box<dyn FnMut(&Rc<RefCell<SharedData>>)>;
+    type Hook = Box<dyn FnMut(&Rc<RefCell<Store>>)>;
 
     /// One worker: its own view of the proxy, sharing the data with the others. A
     /// hook runs after each of its reads, so a test can have another worker write
     /// between this worker's read and its CAS write.
     struct Worker {
-        shared: Rc<RefCell<SharedData>>,
+        shared: Rc<RefCell<Store>>,
         after_get: Option<Hook>,
     }
 
     impl Worker {
-        fn new(shared: &Rc<RefCell<SharedData>>) -> Self {
+        fn new(shared: &Rc<RefCell<Store>>) -> Self {
             Self {
                 shared: Rc::clone(shared),
                 after_get: None,
@@ -420,20 +430,13 @@ mod tests {
         }
     }
 
-    impl Host for Worker {
-        fn now(&self) -> SystemTime {
-            SystemTime::UNIX_EPOCH
-        }
-        fn fill_random(&mut self, buf: &mut [u8]) {
-            buf.fill(7);
-        }
-        fn log(&mut self, _: LogLevel, _: &str) {}
-        fn shared_get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
+    impl crate::host::SharedData for Worker {
+        fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
             let value = self.shared.borrow().values.get(key).cloned();
             if let Some(hook) = self.after_get.as_mut() {
                 hook(&self.shared);
             }
-            value
+            Ok(value)
         }
         fn shared_set(
             &mut self,
@@ -443,10 +446,6 @@ mod tests {
         ) -> Result<(), SharedDataError> {
             self.shared.borrow_mut().set(key, value, cas)
         }
-        fn count(&mut self, _: &str, _: u64) {}
-        fn dispatch(&mut self, _: &OutgoingCall) -> Result<u32, DispatchError> {
-            Err(DispatchError)
-        }
     }
 
     const T0: u64 = 1_795_780_800_000;
@@ -455,8 +454,8 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
     }
 
-    fn setup() -> (Rc<RefCell<SharedData>>, Worker, RateKey) {
-        let shared = Rc::new(RefCell::new(SharedData::default()));
+    fn setup() -> (Rc<RefCell<Store>>, Worker, RateKey) {
+        let shared = Rc::new(RefCell::new(Store::default()));
         let worker = Worker::new(&shared);
         (
             shared,
@@ -473,7 +472,7 @@ mod tests {
 
     #[test]
     fn the_fake_behaves_like_envoy_shared_data() {
-        let mut d = SharedData::default();
+        let mut d = Store::default();
         assert_eq!(
             d.set("a", b"1", Some(42)),
             Ok(()),
@@ -627,7 +626,7 @@ mod tests {
 
     #[test]
     fn two_workers_interleaving_cas_updates_never_lose_a_token() {
-        let shared = Rc::new(RefCell::new(SharedData::default()));
+        let shared = Rc::new(RefCell::new(Store::default()));
         let key = RateKey::new("caller", "c");
         let limit = Limit::per_second(1, 4).unwrap();
         let mut a = Worker::new(&shared);
@@ -692,7 +691,7 @@ mod tests {
         let p = lockout_policy();
         assert_eq!(record_refusal(&mut w, &key, &p, at(T0)), None);
         assert_eq!(record_refusal(&mut w, &key, &p, at(T0 + 30_000)), None);
-        assert_eq!(locked_until(&mut w, &key, at(T0 + 30_000)), None);
+        assert_eq!(locked_until(&mut w, &key, at(T0 + 30_000)).unwrap(), None);
         let lock = record_refusal(&mut w, &key, &p, at(T0 + 59_999)).unwrap();
         assert_eq!(lock.until, at(T0 + 59_999 + 300_000));
         assert_eq!(lock.retry_after_seconds, 300);
@@ -700,23 +699,26 @@ mod tests {
         assert_eq!(record_refusal(&mut w, &key, &p, at(T0 + 60_000)), None);
         assert_eq!(record_refusal(&mut w, &key, &p, at(T0 + 60_001)), None);
         assert_eq!(record_refusal(&mut w, &key, &p, at(T0 + 60_002)), None);
-        let now = locked_until(&mut w, &key, at(T0 + 100_000)).unwrap();
+        let now = locked_until(&mut w, &key, at(T0 + 100_000))
+            .unwrap()
+            .unwrap();
         assert_eq!(now.until, lock.until);
         assert_eq!(now.retry_after_seconds, 260);
         assert_eq!(
             locked_until(&mut w, &key, at(T0 + 359_998))
                 .unwrap()
+                .unwrap()
                 .retry_after_seconds,
             1
         );
         assert_eq!(
-            locked_until(&mut w, &key, at(T0 + 359_999)),
+            locked_until(&mut w, &key, at(T0 + 359_999)).unwrap(),
             None,
             "over at `until`"
         );
         // Afterwards counting starts again from zero.
         assert_eq!(record_refusal(&mut w, &key, &p, at(T0 + 360_000)), None);
-        assert_eq!(locked_until(&mut w, &key, at(T0 + 360_000)), None);
+        assert_eq!(locked_until(&mut w, &key, at(T0 + 360_000)).unwrap(), None);
     }
 
     #[test]
@@ -731,14 +733,14 @@ mod tests {
         assert!(record_refusal(&mut w, &key, &p, at(T0 + 62_000)).is_some());
         // Other callers are not affected.
         let other = RateKey::new("caller", "someone else");
-        assert_eq!(locked_until(&mut w, &other, at(T0 + 62_000)), None);
+        assert_eq!(locked_until(&mut w, &other, at(T0 + 62_000)).unwrap(), None);
         let never = LockoutPolicy { refusals: 0, ..p };
         assert_eq!(record_refusal(&mut w, &other, &never, at(T0)), None);
     }
 
     #[test]
     fn two_workers_reaching_the_threshold_together_report_one_lockout() {
-        let shared = Rc::new(RefCell::new(SharedData::default()));
+        let shared = Rc::new(RefCell::new(Store::default()));
         let key = RateKey::new("caller", "c");
         let p = lockout_policy();
         let mut a = Worker::new(&shared);
@@ -770,6 +772,6 @@ mod tests {
                 None
             );
         }
-        assert_eq!(locked_until(&mut w, &key, at(T0)), None);
+        assert_eq!(locked_until(&mut w, &key, at(T0)).unwrap(), None);
     }
 }

@@ -1,85 +1,54 @@
-//! `consentry_core::host::Host` over the proxy-wasm host calls.
+//! `consentry_core::host::Host` over the proxy-wasm host calls: each method is one
+//! host call (or a few), its status handed back as it came.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use consentry_core::host::{DispatchError, Host, LogLevel, OutgoingCall, SharedDataError};
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel as ProxyLevel, MetricType, Status};
+use consentry_core::host::{
+    DispatchError, Host, HostError, LogLevel, MapKind, OutgoingCall, SharedData, SharedDataError,
+    Side,
+};
+use consentry_core::http::{HeaderEdits, LocalReply};
 
-/// The proxy, as seen from inside the VM. Stateless: the host keeps the state.
-pub struct ProxyHost;
+use crate::abi;
 
-thread_local! {
-    /// Metric ids by name: defining a metric is a host call, so do it once per VM.
-    static METRICS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
-    /// Calls dispatched during the running callback. The SDK delivers a call's
-    /// answer to the context whose callback dispatched it, so each callback takes
-    /// these to know which calls die with its context.
-    static DISPATCHED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+/// The proxy, as seen from inside the VM. It keeps nothing but the ids of the
+/// counters it defined (defining one is a host call: once per VM).
+#[derive(Default)]
+pub struct ProxyHost {
+    metrics: HashMap<String, u32>,
 }
 
-/// The tokens of the calls dispatched since the last time this was asked.
-pub fn take_dispatched() -> Vec<u32> {
-    DISPATCHED.with(|d| std::mem::take(&mut *d.borrow_mut()))
-}
-
-impl ProxyHost {
-    pub fn info(&mut self, message: &str) {
-        self.log(LogLevel::Info, message);
-    }
-
-    pub fn error(&mut self, message: &str) {
-        self.log(LogLevel::Error, message);
+fn log_level(level: LogLevel) -> u32 {
+    match level {
+        LogLevel::Trace => 0,
+        LogLevel::Debug => 1,
+        LogLevel::Info => 2,
+        LogLevel::Warn => 3,
+        LogLevel::Error => 4,
+        LogLevel::Critical => 5,
     }
 }
 
-impl Host for ProxyHost {
-    fn now(&self) -> SystemTime {
-        hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
+fn body_buffer(side: Side) -> u32 {
+    match side {
+        Side::Request => abi::REQUEST_BODY,
+        Side::Response => abi::RESPONSE_BODY,
     }
+}
 
-    fn fill_random(&mut self, buf: &mut [u8]) {
-        // WASI random_get; the proxy's own CSPRNG. Failing to get randomness is not
-        // recoverable in a way that keeps ids unique, but must not trap either.
-        if getrandom::fill(buf).is_err() {
-            let nanos = self
-                .now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_nanos()
-                .to_le_bytes();
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = nanos[i % nanos.len()] ^ (i as u8);
-            }
-        }
+fn map(kind: MapKind) -> u32 {
+    match kind {
+        MapKind::RequestHeaders => abi::REQUEST_HEADERS,
+        MapKind::RequestTrailers => abi::REQUEST_TRAILERS,
+        MapKind::ResponseHeaders => abi::RESPONSE_HEADERS,
+        MapKind::ResponseTrailers => abi::RESPONSE_TRAILERS,
     }
+}
 
-    fn log(&mut self, level: LogLevel, message: &str) {
-        let level = match level {
-            LogLevel::Trace => ProxyLevel::Trace,
-            LogLevel::Debug => ProxyLevel::Debug,
-            LogLevel::Info => ProxyLevel::Info,
-            LogLevel::Warn => ProxyLevel::Warn,
-            LogLevel::Error => ProxyLevel::Error,
-            LogLevel::Critical => ProxyLevel::Critical,
-        };
-        let _ = hostcalls::log(level, message);
-    }
-
-    fn debug_enabled(&mut self) -> bool {
-        hostcalls::get_log_level().is_ok_and(|l| l as u32 <= ProxyLevel::Debug as u32)
-    }
-
-    fn shared_get(&mut self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((value, cas)) => {
-                let cas = cas?;
-                Some((value.unwrap_or_default(), cas))
-            }
-            Err(_) => None,
-        }
+impl SharedData for ProxyHost {
+    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        abi::shared_get(key)
     }
 
     fn shared_set(
@@ -88,39 +57,106 @@ impl Host for ProxyHost {
         value: &[u8],
         cas: Option<u32>,
     ) -> Result<(), SharedDataError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match abi::shared_set(key, value, cas.unwrap_or(0)) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
+            Err(HostError(abi::CAS_MISMATCH)) => Err(SharedDataError::CasMismatch),
             Err(_) => Err(SharedDataError::Failed),
         }
     }
+}
+
+impl Host for ProxyHost {
+    fn now(&self) -> Result<SystemTime, HostError> {
+        abi::now_nanos().map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n))
+    }
+
+    fn fill_random(&mut self, buf: &mut [u8]) -> Result<(), HostError> {
+        // WASI random_get: the proxy's own CSPRNG. There is nothing weaker to fall
+        // back to: a failure is the caller's to refuse.
+        getrandom::fill(buf).map_err(|_| HostError(u32::MAX))
+    }
+
+    fn log(&mut self, level: LogLevel, message: &str) -> Result<(), HostError> {
+        abi::log(log_level(level), message)
+    }
+
+    fn debug_enabled(&mut self) -> bool {
+        abi::log_level().is_ok_and(|l| l <= log_level(LogLevel::Debug))
+    }
 
     fn count(&mut self, name: &str, delta: u64) {
-        let id = METRICS.with(|m| {
-            if let Some(id) = m.borrow().get(name) {
-                return Some(*id);
+        let id = match self.metrics.get(name) {
+            Some(id) => *id,
+            None => {
+                let Ok(id) = abi::define_counter(name) else {
+                    return;
+                };
+                self.metrics.insert(name.to_owned(), id);
+                id
             }
-            let id = hostcalls::define_metric(MetricType::Counter, name).ok()?;
-            m.borrow_mut().insert(name.to_owned(), id);
-            Some(id)
-        });
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
-        }
+        };
+        let _ = abi::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
     }
 
     fn dispatch(&mut self, call: &OutgoingCall) -> Result<u32, DispatchError> {
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", call.method.as_str()),
-            (":path", call.path.as_str()),
-            (":authority", call.authority.as_str()),
+        let pseudo: [(&[u8], &[u8]); 3] = [
+            (b":method", call.method.as_bytes()),
+            (b":path", call.path.as_bytes()),
+            (b":authority", call.authority.as_bytes()),
         ];
-        headers.extend(call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        let body = (!call.body.is_empty()).then_some(call.body.as_slice());
-        let token =
-            hostcalls::dispatch_http_call(&call.cluster, headers, body, vec![], call.timeout)
-                .map_err(|_| DispatchError)?;
-        DISPATCHED.with(|d| d.borrow_mut().push(token));
-        Ok(token)
+        let headers = abi::encode_pairs(
+            pseudo.into_iter().chain(
+                call.headers
+                    .iter()
+                    .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+            ),
+        );
+        let timeout = u32::try_from(call.timeout.as_millis()).unwrap_or(u32::MAX);
+        abi::http_call(&call.cluster, &headers, &call.body, timeout).map_err(|_| DispatchError)
+    }
+
+    fn switch_to(&mut self, context: u32) -> Result<(), HostError> {
+        abi::set_effective_context(context)
+    }
+
+    fn body(&mut self, side: Side, size: usize) -> Result<Vec<u8>, HostError> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        abi::buffer(body_buffer(side), size)
+    }
+
+    fn set_body(&mut self, side: Side, size: usize, body: &[u8]) -> Result<(), HostError> {
+        abi::set_buffer(body_buffer(side), size, body)
+    }
+
+    fn property(&mut self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+        abi::property(path)
+    }
+
+    fn edit_headers(&mut self, kind: MapKind, edits: &HeaderEdits) -> Result<(), HostError> {
+        let m = map(kind);
+        for name in &edits.remove {
+            abi::remove_header(m, name)?;
+        }
+        for (name, value) in &edits.set {
+            abi::replace_header(m, name, value)?;
+        }
+        Ok(())
+    }
+
+    fn send_reply(&mut self, reply: &LocalReply) -> Result<(), HostError> {
+        abi::send_local_response(reply.status, reply.details, &reply.headers, &reply.body)
+    }
+
+    fn resume(&mut self, side: Side) -> Result<(), HostError> {
+        abi::continue_stream(match side {
+            Side::Request => abi::STREAM_REQUEST,
+            Side::Response => abi::STREAM_RESPONSE,
+        })
+    }
+
+    fn reset(&mut self) -> Result<(), HostError> {
+        abi::close_stream(abi::STREAM_RESPONSE)
     }
 }

@@ -1,553 +1,387 @@
-//! The proxy-wasm adapter. It only moves bytes and headers between the proxy and
-//! `consentry-core`, which makes every decision.
+//! The proxy-wasm adapter: it implements every callback of the proxy-wasm ABI 0.2.1
+//! itself and forwards each to `consentry-core`, which makes every decision.
+//!
+//! It does not use the proxy-wasm SDK's dispatcher: that dispatcher answers a
+//! callback the plugin does not implement with `Continue` (which resumes a paused
+//! stream with no decision) and panics on an unexpected status or context id (a
+//! panic is a trap). Here every export is written out, an event for a context the
+//! plugin does not know gets `Pause`, and no host status is ever unwrapped.
 //!
 //! Envoy facts this code respects (see the project's host notes): a header map can
 //! be read only in its own callback or while that callback is paused, so the request
-//! is read once, whole, in `on_http_request_headers` and kept; repeated headers are
-//! read as pairs, never by first-value lookup; header values may hold non-UTF-8
-//! bytes; a replaced body needs `content-length` fixed here; an outgoing call belongs
-//! to the root context, and its answer goes to whichever context dispatched it, so
-//! both forward answers to the plugin; a paused request is resumed (or refused) from
-//! another context through `proxy_set_effective_context`. Host calls that touch maps
-//! and bodies go through the `raw` module, which cannot panic: a panic is a trap.
+//! is read once, whole, in `on_request_headers` and kept; repeated headers are read
+//! as pairs, never by first-value lookup; header values may hold non-UTF-8 bytes; an
+//! outgoing call's answer comes with the root context's id; a paused stream is
+//! resumed (or refused) from another context through `proxy_set_effective_context`.
+//!
+//! The VM's state sits behind one `RefCell`, borrowed once per callback. Should a
+//! host ever call back into the VM from inside a host call, the nested callback
+//! finds the state borrowed and answers `Pause` (or does nothing): never a trap,
+//! never a release.
 
+mod abi;
 mod host;
-mod raw;
 
-use std::cell::{Cell, RefCell};
-use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
-use consentry_core::filter::Resource;
-use consentry_core::http::{
-    Connection, HeaderEdits, Headers, LocalReply, PeerCertificate, RequestHead,
-};
-use consentry_core::problem::{self, Code};
-use consentry_core::{Attempt, BodyAction, Exchange, Plugin, RequestAction, ResponseAction};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use consentry_core::exchange::{Event, Filter, Flow, ResponseHead, TICK};
+use consentry_core::host::{Host, LogLevel, Side};
+use consentry_core::http::{Connection, Headers, PeerCertificate, RequestHead};
 
 use host::ProxyHost;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, shared: None })
-    });
-}}
-
-/// How often the root's timer runs: key refresh, and requests that waited too long.
-const TICK: Duration = Duration::from_millis(250);
-/// The timer's period while fetches wait for it: they are dispatched from the
-/// root context (see `Plugin::has_wanted_calls`), so fire it at once.
-const TICK_NOW: Duration = Duration::from_millis(1);
-
-/// A request paused until a resource arrives.
-struct Waiter {
-    context: u32,
-    stream: Weak<RefCell<StreamState>>,
-    resource: Resource,
-    since_ms: u64,
-}
-
-/// What a plugin instance shares with its streams.
-struct Shared {
-    root: u32,
-    plugin: Option<Plugin>,
-    waiters: RefCell<Vec<Waiter>>,
-    /// The timer was set to fire at once.
-    hurried: Cell<bool>,
-}
-
-/// One filter instance (one per plugin configuration per worker).
-struct Root {
-    id: u32,
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        if let Some(shared) = &self.shared {
-            shared.on_call_response(token, body_size, self.id);
-        }
-        // Calls made now belong to this root context and outlive every stream.
-        host::take_dispatched();
-    }
-}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let mut host = ProxyHost;
-        let bytes = raw::buffer(BufferType::PluginConfiguration, 0, usize::MAX).unwrap_or_default();
-        let env = |name: &str| std::env::var(name).ok();
-        match Plugin::from_json(&bytes, &env) {
-            Ok(plugin) => {
-                plugin.start(&mut host);
-                host::take_dispatched();
-                self.shared = Some(Rc::new(Shared {
-                    root: self.id,
-                    plugin: Some(plugin),
-                    waiters: RefCell::new(Vec::new()),
-                    hurried: Cell::new(false),
-                }));
-                let _ = proxy_wasm::hostcalls::set_tick_period(TICK);
-                host.info("consentry: configuration loaded");
-                true
-            }
-            Err(errors) => {
-                // The previous configuration (if any) is dropped too: the plugin never
-                // runs half-configured, and unconfigured it refuses everything.
-                self.shared = Some(Rc::new(Shared {
-                    root: self.id,
-                    plugin: None,
-                    waiters: RefCell::new(Vec::new()),
-                    hurried: Cell::new(false),
-                }));
-                for e in &errors.0 {
-                    host.error(&format!("consentry: configuration refused: {e}"));
-                }
-                false
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
-        if let Some(shared) = &self.shared {
-            shared.on_tick();
-        }
-        host::take_dispatched();
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let shared = self.shared.clone().unwrap_or_else(|| {
-            Rc::new(Shared {
-                root: self.id,
-                plugin: None,
-                waiters: RefCell::new(Vec::new()),
-                hurried: Cell::new(false),
-            })
-        });
-        Some(Box::new(Stream {
-            id: context_id,
-            shared,
-            state: Rc::new(RefCell::new(StreamState::default())),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-/// A stream's state, shared with the waiter list while it waits.
+/// Everything this VM knows: its plugin instances (root contexts) and which
+/// instance each stream belongs to.
 #[derive(Default)]
-struct StreamState {
-    /// Shared, so that deciding (again, after a wait) reads it without a copy.
-    head: Option<Rc<RequestHead>>,
-    exchange: Option<Exchange>,
-    /// The request body ended while the stream was waiting for a decision.
-    body_ended_while_waiting: bool,
-    /// Calls this stream's callbacks dispatched: their answers come back to this
-    /// context, so they are lost if it ends first.
-    calls: Vec<u32>,
+struct Vm {
+    roots: BTreeMap<u32, Filter>,
+    streams: BTreeMap<u32, u32>,
+    host: ProxyHost,
 }
 
-/// One HTTP stream.
-struct Stream {
-    id: u32,
-    shared: Rc<Shared>,
-    state: Rc<RefCell<StreamState>>,
+thread_local! {
+    static VM: RefCell<Vm> = RefCell::new(Vm::default());
 }
 
-impl Context for Stream {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        self.shared.on_call_response(token, body_size, self.id);
-        self.keep_dispatched();
-    }
+/// Runs `f` with the VM's state, or returns `busy` if it is already borrowed (a
+/// host that called back into the VM from inside a host call).
+fn with_vm<T>(busy: T, f: impl FnOnce(&mut Vm) -> T) -> T {
+    VM.with(|vm| match vm.try_borrow_mut() {
+        Ok(mut vm) => f(&mut vm),
+        Err(_) => busy,
+    })
+}
 
-    fn on_done(&mut self) -> bool {
-        // Calls still unanswered die with this context: forget them, so the
-        // requests waiting for them fetch again instead of waiting in vain.
-        let calls = std::mem::take(&mut self.state.borrow_mut().calls);
-        if let Some(plugin) = self.shared.plugin.as_ref() {
-            plugin.forget_calls(&calls);
-            self.shared.hurry_if_wanted(plugin);
+/// Runs `f` with the filter a stream belongs to; `Pause` for a stream it does not
+/// know (never `Continue`).
+fn with_stream(context: u32, f: impl FnOnce(&mut Filter, &mut ProxyHost) -> Flow) -> u32 {
+    let flow = with_vm(Flow::Pause, |vm| {
+        let Vm {
+            roots,
+            streams,
+            host,
+        } = vm;
+        match streams.get(&context).and_then(|root| roots.get_mut(root)) {
+            Some(filter) => f(filter, host),
+            None => Flow::Pause,
         }
-        true
+    });
+    match flow {
+        Flow::Continue => abi::CONTINUE,
+        Flow::Pause => abi::PAUSE,
     }
 }
 
-impl Stream {
-    fn keep_dispatched(&self) {
-        self.state
-            .borrow_mut()
-            .calls
-            .extend(host::take_dispatched());
-    }
+/// Forwards one stream callback. `side` is the half of the stream it belongs to:
+/// when the host will not hand over what the event carries (its header map), the
+/// core gets the event as unreadable on that side, and refuses it.
+fn event(context: u32, side: Side, read: impl FnOnce() -> Option<Event>) -> u32 {
+    with_stream(context, |filter, host| {
+        let e = read().unwrap_or(Event::Unreadable(side));
+        filter.on_event(context, e, host)
+    })
 }
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let head = read_request_head(end_of_stream);
-        self.state.borrow_mut().head = Some(Rc::new(head));
-        let next = self.shared.decide(self.id, &self.state, Attempt::First);
-        self.keep_dispatched();
-        match next {
-            Next::Continue => Action::Continue,
-            Next::Pause => Action::Pause,
-        }
-    }
+// ── Lifecycle ─────────────────────────────────────────────────────────────────
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(plugin) = self.shared.plugin.as_ref() else {
-            return Action::Pause;
-        };
-        let mut state = self.state.borrow_mut();
-        let Some(exchange) = state.exchange.as_mut() else {
-            // Still deciding: keep the body here until the decision.
-            if end_of_stream {
-                state.body_ended_while_waiting = true;
-            }
-            return Action::Pause;
-        };
-        let mut host = ProxyHost;
-        let mut action = plugin.on_request_body_progress(exchange, body_size, &mut host);
-        if end_of_stream && action == BodyAction::Buffer {
-            let body = raw::buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_default();
-            let content_type = state
-                .head
-                .as_ref()
-                .and_then(|h| h.headers.get_all("content-type").next().map(<[u8]>::to_vec));
-            let Some(exchange) = state.exchange.as_mut() else {
-                return Action::Pause;
-            };
-            action = plugin.on_request_body(exchange, content_type.as_deref(), &body, &mut host);
-        }
-        match action {
-            BodyAction::Pass => Action::Continue,
-            BodyAction::Buffer => Action::Pause,
-            BodyAction::Release { body, headers } => {
-                raw::set_buffer(BufferType::HttpRequestBody, 0, body_size, &body);
-                apply(MapType::HttpRequestHeaders, &headers);
-                Action::Continue
-            }
-            BodyAction::Reply(reply) => {
-                send_reply(&reply);
-                Action::Pause
-            }
-        }
-    }
+/// The ABI version this plugin speaks.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(plugin) = self.shared.plugin.as_ref() else {
-            return Action::Continue;
-        };
-        let mut state = self.state.borrow_mut();
-        let Some(exchange) = state.exchange.as_mut() else {
-            return Action::Continue;
-        };
-        let headers: Headers = raw::header_pairs(MapType::HttpResponseHeaders)
-            .into_iter()
-            .collect();
-        let status = headers
-            .get_str(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
-        match plugin.on_response_headers(exchange, status, &headers, end_of_stream, &mut ProxyHost)
-        {
-            ResponseAction::Hold => Action::Pause,
-            ResponseAction::Pass(edits) => {
-                apply(MapType::HttpResponseHeaders, &edits);
-                Action::Continue
-            }
-            ResponseAction::Reply(reply) => {
-                send_reply(&reply);
-                Action::Pause
-            }
-        }
-    }
-
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(plugin) = self.shared.plugin.as_ref() else {
-            return Action::Continue;
-        };
-        let mut state = self.state.borrow_mut();
-        let Some(exchange) = state.exchange.as_mut() else {
-            return Action::Continue;
-        };
-        let mut host = ProxyHost;
-        let mut action = plugin.on_response_body_progress(exchange, body_size, &mut host);
-        if end_of_stream && action == BodyAction::Buffer {
-            let body = raw::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
-            action = plugin.on_response_body(exchange, &body, &mut host);
-        }
-        match action {
-            BodyAction::Pass => Action::Continue,
-            BodyAction::Buffer => Action::Pause,
-            BodyAction::Release { body, headers } => {
-                if raw::set_buffer(BufferType::HttpResponseBody, 0, body_size, &body) {
-                    apply(MapType::HttpResponseHeaders, &headers);
-                    Action::Continue
-                } else {
-                    // The host would not take the redacted body: release nothing.
-                    send_reply(&problem::reply(
-                        Code::UnsafeResponse,
-                        &plugin.config().problem_type_base,
-                        exchange.request_id(),
-                        None,
-                    ));
-                    Action::Pause
-                }
-            }
-            BodyAction::Reply(reply) => {
-                send_reply(&reply);
-                Action::Pause
-            }
-        }
-    }
-
-    fn on_log(&mut self) {
-        let (Some(plugin), Some(exchange)) = (
-            self.shared.plugin.as_ref(),
-            // The stream is over: the exchange is taken, not copied.
-            self.state.borrow_mut().exchange.take(),
-        ) else {
-            return;
-        };
-        plugin.finish(&exchange, &mut ProxyHost);
-    }
-
-    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        let Some(plugin) = self.shared.plugin.as_ref() else {
-            return Action::Continue;
-        };
-        let mut state = self.state.borrow_mut();
-        let Some(exchange) = state.exchange.as_mut() else {
-            return Action::Continue;
-        };
-        match plugin.on_response_trailers(exchange, &mut ProxyHost) {
-            BodyAction::Reply(reply) => {
-                send_reply(&reply);
-                Action::Pause
-            }
-            _ => Action::Continue,
-        }
-    }
+/// Memory the host hands to the plugin (header maps, bodies, properties).
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    abi::allocate(size)
 }
 
-/// What the stream does once a decision step is over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
-    /// The request may move on now.
-    Continue,
-    /// It stays paused: refused, waiting, or holding its body.
-    Pause,
+#[cfg(target_os = "wasi")]
+unsafe extern "C" {
+    fn __wasm_call_ctors();
 }
 
-impl Shared {
-    /// Decides (or decides again) the request of `context`, which is paused in its
-    /// request headers, and acts on the decision from whatever context runs now.
-    fn decide(&self, context: u32, state: &Rc<RefCell<StreamState>>, attempt: Attempt) -> Next {
-        let mut host = ProxyHost;
-        let Some(plugin) = self.plugin.as_ref() else {
-            // Unconfigured (the configuration was refused): refuse everything.
-            let mut random = [0u8; 16];
-            consentry_core::host::Host::fill_random(&mut host, &mut random);
-            send_reply(&problem::reply(
-                Code::DependencyUnavailable,
-                consentry_core::config::DEFAULT_PROBLEM_TYPE_BASE,
-                &problem::request_id_from_random(random),
-                None,
-            ));
-            return Next::Pause;
-        };
-        let Some(head) = state.borrow().head.clone() else {
-            return Next::Pause;
-        };
-        let (exchange, action) = plugin.on_request_headers(&head, &mut host, attempt);
-        self.hurry_if_wanted(plugin);
-        match action {
-            RequestAction::Wait(resource) => {
-                let since_ms = now_ms();
-                self.waiters.borrow_mut().push(Waiter {
-                    context,
-                    stream: Rc::downgrade(state),
-                    resource,
-                    since_ms,
-                });
-                Next::Pause
-            }
-            RequestAction::Reply(reply) => {
-                state.borrow_mut().exchange = Some(exchange);
-                send_reply(&reply);
-                Next::Pause
-            }
-            RequestAction::Forward { edits, hold_body } => {
-                apply(MapType::HttpRequestHeaders, &edits);
-                let ended = state.borrow().body_ended_while_waiting;
-                state.borrow_mut().exchange = Some(exchange);
-                if hold_body && ended {
-                    // The whole body arrived while the request waited, and it cannot be
-                    // minimised from here: refuse rather than forward it whole.
-                    let reply = problem::reply(
-                        Code::DependencyUnavailable,
-                        &plugin.config().problem_type_base,
-                        state
-                            .borrow()
-                            .exchange
-                            .as_ref()
-                            .map_or("", |e| e.request_id()),
-                        Some(1),
+/// The module's start: WASI's constructors (environment, stdio), as a reactor.
+#[cfg(target_os = "wasi")]
+#[unsafe(no_mangle)]
+pub extern "C" fn _initialize() {
+    // SAFETY: the linker's constructor function, run once before anything else.
+    unsafe { __wasm_call_ctors() }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_context_create(context: u32, parent: u32) {
+    with_vm((), |vm| {
+        if parent == 0 {
+            vm.roots.insert(context, Filter::unconfigured());
+        } else if let Some(filter) = vm.roots.get_mut(&parent) {
+            filter.on_stream_created(context);
+            vm.streams.insert(context, parent);
+        }
+    });
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_vm_start(_root: u32, _vm_configuration_size: usize) -> u32 {
+    1
+}
+
+/// Compiles the plugin configuration. A refused one is logged with every error
+/// and its place; the proxy then refuses the filter, and this instance refuses
+/// every request meanwhile.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
+    with_vm(0, |vm| {
+        let bytes = abi::buffer(abi::PLUGIN_CONFIGURATION, size).unwrap_or_default();
+        let env = |name: &str| std::env::var(name).ok();
+        let (filter, loaded) = Filter::configure(&bytes, &env, &mut vm.host);
+        vm.roots.insert(root, filter);
+        match loaded {
+            Ok(()) => {
+                let period = u32::try_from(TICK.as_millis()).unwrap_or(u32::MAX);
+                if abi::set_tick_period_ms(period).is_err() {
+                    let _ = vm.host.log(
+                        LogLevel::Error,
+                        "consentry: the timer could not be set: waits are not bounded",
                     );
-                    send_reply(&reply);
-                    Next::Pause
-                } else if !hold_body || head.end_of_stream {
-                    Next::Continue
-                } else {
-                    // The body is still to come: its callbacks minimise it, then continue.
-                    Next::Pause
                 }
+                let _ = vm
+                    .host
+                    .log(LogLevel::Info, "consentry: configuration loaded");
+                1
             }
+            Err(_) => 0,
         }
-    }
+    })
+}
 
-    /// An outgoing call's answer, delivered to the context that made it.
-    fn on_call_response(&self, token: u32, body_size: usize, current: u32) {
-        let Some(plugin) = self.plugin.as_ref() else {
-            return;
-        };
-        let headers: Headers = raw::header_pairs(MapType::HttpCallResponseHeaders)
-            .into_iter()
-            .collect();
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_tick(root: u32) {
+    with_vm((), |vm| {
+        if let Some(filter) = vm.roots.get_mut(&root) {
+            filter.on_tick(root, &mut vm.host);
+        }
+    });
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_done(context: u32) -> u32 {
+    with_vm(1, |vm| {
+        if let Some(filter) = vm.streams.get(&context).and_then(|r| vm.roots.get_mut(r)) {
+            u32::from(filter.on_done(context))
+        } else {
+            1
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_log(context: u32) {
+    event(context, Side::Response, || Some(Event::Log));
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_delete(context: u32) {
+    with_vm((), |vm| {
+        if let Some(root) = vm.streams.remove(&context) {
+            if let Some(filter) = vm.roots.get_mut(&root) {
+                filter.on_delete(context, &mut vm.host);
+            }
+        } else {
+            vm.roots.remove(&context);
+        }
+    });
+}
+
+// ── HTTP streams ──────────────────────────────────────────────────────────────
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_request_headers(context: u32, _headers: usize, eos: u32) -> u32 {
+    event(context, Side::Request, || {
+        read_request_head(eos != 0).map(Event::RequestHeaders)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_request_body(context: u32, size: usize, eos: u32) -> u32 {
+    event(context, Side::Request, || {
+        Some(Event::RequestBody {
+            size,
+            end_of_stream: eos != 0,
+        })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_request_trailers(context: u32, _trailers: usize) -> u32 {
+    event(context, Side::Request, || {
+        read_headers(abi::REQUEST_TRAILERS).map(Event::RequestTrailers)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_request_metadata(context: u32, _elements: usize) -> u32 {
+    event(context, Side::Request, || {
+        Some(Event::Metadata(Side::Request))
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_response_headers(context: u32, _headers: usize, eos: u32) -> u32 {
+    event(context, Side::Response, || {
+        let headers = read_headers(abi::RESPONSE_HEADERS)?;
         let status = headers
             .get_str(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
-        let body = raw::buffer(BufferType::HttpCallResponseBody, 0, body_size).unwrap_or_default();
-        if let Some(resource) = plugin.on_call_response(token, status, &body, &mut ProxyHost) {
-            self.wake(|w| w.resource == resource, Attempt::Again, current);
-        }
-    }
+        Some(Event::ResponseHeaders(ResponseHead {
+            status,
+            headers,
+            end_of_stream: eos != 0,
+        }))
+    })
+}
 
-    /// The timer: the plugin's own work, then requests that waited too long are
-    /// decided without waiting any more (a missing dependency is then a 503).
-    fn on_tick(&self) {
-        let Some(plugin) = self.plugin.as_ref() else {
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_response_body(context: u32, size: usize, eos: u32) -> u32 {
+    event(context, Side::Response, || {
+        Some(Event::ResponseBody {
+            size,
+            end_of_stream: eos != 0,
+        })
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_response_trailers(context: u32, _trailers: usize) -> u32 {
+    event(context, Side::Response, || {
+        read_headers(abi::RESPONSE_TRAILERS).map(Event::ResponseTrailers)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_response_metadata(context: u32, _elements: usize) -> u32 {
+    event(context, Side::Response, || {
+        Some(Event::Metadata(Side::Response))
+    })
+}
+
+/// An outgoing call's answer. Envoy passes the root context's id; a host that
+/// passes the dispatching stream's is followed to that stream's root.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_http_call_response(
+    context: u32,
+    token: u32,
+    _headers: usize,
+    body_size: usize,
+    _trailers: usize,
+) {
+    with_vm((), |vm| {
+        let root = vm.streams.get(&context).copied().unwrap_or(context);
+        let Some(filter) = vm.roots.get_mut(&root) else {
             return;
         };
-        if self.hurried.replace(false) {
-            let _ = proxy_wasm::hostcalls::set_tick_period(TICK);
-        }
-        let failed = plugin.on_tick(&mut ProxyHost);
-        for resource in failed {
-            self.wake(|w| w.resource == resource, Attempt::Again, self.root);
-        }
-        self.hurry_if_wanted(plugin);
-        let limit = plugin.config().limits.max_wait_ms;
-        let now = now_ms();
-        self.wake(
-            |w| now.saturating_sub(w.since_ms) >= limit,
-            Attempt::Last,
-            self.root,
-        );
-    }
-
-    /// Fires the timer at once when fetches wait for it. A context's timer is its
-    /// root's, whichever context sets it.
-    fn hurry_if_wanted(&self, plugin: &Plugin) {
-        if plugin.has_wanted_calls() && !self.hurried.replace(true) {
-            let _ = proxy_wasm::hostcalls::set_tick_period(TICK_NOW);
-        }
-    }
-
-    /// Decides again the waiters `pick` selects, each in its own context, then
-    /// returns to `current`.
-    fn wake(&self, pick: impl Fn(&Waiter) -> bool, attempt: Attempt, current: u32) {
-        let ready: Vec<Waiter> = {
-            let mut waiters = self.waiters.borrow_mut();
-            let (ready, rest): (Vec<_>, Vec<_>) = waiters.drain(..).partition(|w| pick(w));
-            *waiters = rest;
-            ready
-        };
-        for w in ready {
-            let Some(state) = w.stream.upgrade() else {
-                continue;
-            };
-            if !raw::set_effective_context(w.context) {
-                continue;
-            }
-            let before = self.waiters.borrow().len();
-            if self.decide(w.context, &state, attempt) == Next::Continue {
-                raw::continue_request();
-            }
-            // Waiting again keeps the original start, so the bound holds overall.
-            if let Some(again) = self.waiters.borrow_mut().get_mut(before) {
-                again.since_ms = w.since_ms;
-            }
-        }
-        raw::set_effective_context(current);
-    }
+        // An answer that cannot be read is a failed fetch (status 0).
+        let status = read_headers(abi::CALL_RESPONSE_HEADERS)
+            .and_then(|h| h.get_str(":status").and_then(|s| s.parse::<u16>().ok()))
+            .unwrap_or(0);
+        let body = abi::buffer(abi::CALL_RESPONSE_BODY, body_size).unwrap_or_default();
+        filter.on_call_response(token, status, &body, context, &mut vm.host);
+    });
 }
 
-fn now_ms() -> u64 {
-    proxy_wasm::hostcalls::get_current_time()
+// ── Callbacks this plugin has no use for, answered on purpose ─────────────────
+
+/// Loaded as a network filter by mistake: no byte moves (the plugin decides on
+/// HTTP requests only).
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_new_connection(_context: u32) -> u32 {
+    abi::PAUSE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_downstream_data(_context: u32, _size: usize, _eos: u32) -> u32 {
+    abi::PAUSE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_upstream_data(_context: u32, _size: usize, _eos: u32) -> u32 {
+    abi::PAUSE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_downstream_connection_close(_context: u32, _peer: u32) {}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_upstream_connection_close(_context: u32, _peer: u32) {}
+
+/// The plugin registers no shared queue, calls no gRPC service and offers no
+/// foreign function: these never carry anything it waits for.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_queue_ready(_root: u32, _queue: u32) {}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_grpc_receive_initial_metadata(_c: u32, _token: u32, _n: u32) {}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_grpc_receive(_c: u32, _token: u32, _size: usize) {}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_grpc_receive_trailing_metadata(_c: u32, _token: u32, _n: u32) {}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_grpc_close(_c: u32, _token: u32, _status: u32) {}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_foreign_function(_root: u32, _function: u32, _size: usize) {}
+
+// ── Reading what the host holds ───────────────────────────────────────────────
+
+fn read_headers(map: u32) -> Option<Headers> {
+    abi::header_pairs(map)
         .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map(|pairs| pairs.into_iter().collect())
 }
 
-fn read_request_head(end_of_stream: bool) -> RequestHead {
-    let headers: Headers = raw::header_pairs(MapType::HttpRequestHeaders)
-        .into_iter()
-        .collect();
+fn read_request_head(end_of_stream: bool) -> Option<RequestHead> {
+    let headers = read_headers(abi::REQUEST_HEADERS)?;
     let pseudo = |name: &str| headers.get_str(name).unwrap_or_default().to_owned();
-    RequestHead {
+    Some(RequestHead {
         method: pseudo(":method"),
         path: pseudo(":path"),
         authority: pseudo(":authority"),
-        connection: read_connection(),
+        connection: read_connection()?,
         end_of_stream,
         headers,
-    }
+    })
 }
 
-fn read_connection() -> Connection {
-    let text = |path: &[&str]| raw::property(path).and_then(|b| String::from_utf8(b).ok());
-    let mtls = raw::property(&["connection", "mtls"]).is_some_and(|b| b.first() == Some(&1));
-    let peer = mtls.then(|| PeerCertificate {
-        uri_san: text(&["connection", "uri_san_peer_certificate"]),
-        sha256_hex: text(&["connection", "sha256_peer_certificate_digest"]),
-        pem: text(&["connection", "peer_certificate"]),
-    });
-    Connection {
-        source_address: text(&["source", "address"]),
+/// The connection as the proxy saw it (never from a header). A property the host
+/// fails to read (other than an absent one) makes the request unreadable.
+fn read_connection() -> Option<Connection> {
+    let text = |path: &[&str]| -> Option<Option<String>> {
+        match abi::property(path) {
+            Ok(Some(b)) if !b.is_empty() => Some(String::from_utf8(b).ok()),
+            Ok(_) => Some(None),
+            Err(_) => None,
+        }
+    };
+    let mtls = match abi::property(&["connection", "mtls"]) {
+        Ok(Some(b)) => b.first() == Some(&1),
+        Ok(None) => false,
+        Err(_) => return None,
+    };
+    let peer = if mtls {
+        Some(PeerCertificate {
+            uri_san: text(&["connection", "uri_san_peer_certificate"])?,
+            sha256_hex: text(&["connection", "sha256_peer_certificate_digest"])?,
+            pem: text(&["connection", "peer_certificate"])?,
+        })
+    } else {
+        None
+    };
+    Some(Connection {
+        source_address: text(&["source", "address"])?,
         mtls,
         peer,
-    }
-}
-
-/// Applies header edits to a map the plugin may still write.
-fn apply(map: MapType, edits: &HeaderEdits) {
-    for name in &edits.remove {
-        raw::remove_header(map, name);
-    }
-    for (name, value) in &edits.set {
-        raw::set_header(map, name, value);
-    }
-}
-
-fn send_reply(reply: &LocalReply) {
-    raw::send_local_response(reply.status, reply.details, &reply.headers, &reply.body);
+    })
 }

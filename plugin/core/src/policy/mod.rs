@@ -121,23 +121,15 @@ pub struct RawResponse {
     pub fields: Vec<RawField>,
     /// Replace 4xx bodies from the upstream with a masked problem too.
     pub mask_client_errors: bool,
-    /// Response headers the client may receive besides the standard ones
-    /// ([`STANDARD_RESPONSE_HEADERS`]); `None` passes every header the
-    /// `errors.remove_response_headers` list does not remove.
+    /// Response headers the client may receive besides the protocol's own
+    /// ([`PROTOCOL_RESPONSE_HEADERS`]); absent or empty, no other header passes.
     pub headers: Option<Vec<String>>,
 }
 
-/// Response headers that describe the representation rather than the data, kept
-/// whatever a route's `response.headers` allow-list says.
-pub const STANDARD_RESPONSE_HEADERS: [&str; 7] = [
-    "content-type",
-    "content-length",
-    "date",
-    "cache-control",
-    "expires",
-    "vary",
-    "x-request-id",
-];
+/// Response headers the protocol needs, kept whatever a route's `response.headers`
+/// allow-list says (`content-length` is rewritten for the released body).
+pub const PROTOCOL_RESPONSE_HEADERS: [&str; 3] =
+    ["content-type", "content-length", "transfer-encoding"];
 
 impl Default for RawResponse {
     fn default() -> Self {
