@@ -471,17 +471,18 @@ impl Stream {
             Ok(out) => out,
             Err((code, reason)) => return self.refuse(code, reason, None, cx),
         };
-        if cx.host.set_body(Side::Request, size, &out).is_err() {
-            return self.refuse(Code::DependencyUnavailable, "host_call", Some(1), cx);
-        }
-        let mut edits = HeaderEdits::default();
-        edits.set("content-length", out.len().to_string());
-        if cx
-            .host
-            .edit_headers(MapKind::RequestHeaders, &edits)
-            .is_err()
-        {
-            return self.refuse(Code::DependencyUnavailable, "host_call", Some(1), cx);
+        // An empty body stays as it is: there is no buffer to replace.
+        if size > 0 || !out.is_empty() {
+            let mut edits = HeaderEdits::default();
+            edits.set("content-length", out.len().to_string());
+            if cx.host.set_body(Side::Request, size, &out).is_err()
+                || cx
+                    .host
+                    .edit_headers(MapKind::RequestHeaders, &edits)
+                    .is_err()
+            {
+                return self.refuse(Code::DependencyUnavailable, "host_call", Some(1), cx);
+            }
         }
         if let Some(trailers) = self.request.trailers.take() {
             // Trailers are headers nobody allow-listed: the upstream gets none.
@@ -568,15 +569,15 @@ impl Stream {
             ResponseDecision::Withhold { code, reason } => self.withhold(code, reason, cx),
             ResponseDecision::HeadersOnly { edits } => {
                 self.ex.outcome.status = head.status;
-                if self.record(Ending::Released, cx).is_err() {
-                    return self.withhold(Code::DependencyUnavailable, "audit", cx);
-                }
                 if cx
                     .host
                     .edit_headers(MapKind::ResponseHeaders, &edits)
                     .is_err()
                 {
                     return self.withhold(Code::UnsafeResponse, "host_call", cx);
+                }
+                if self.record(Ending::Released, cx).is_err() {
+                    return self.withhold(Code::DependencyUnavailable, "audit", cx);
                 }
                 self.state = State::HeadersOnly;
                 Flow::Continue
@@ -635,9 +636,9 @@ impl Stream {
             Err((code, reason)) => return self.withhold(code, reason, cx),
         };
         plugin.finish_response_edits(&mut edits, &body, &redacted);
-        if self.record(Ending::Released, cx).is_err() {
-            return self.withhold(Code::DependencyUnavailable, "audit", cx);
-        }
+        // Nothing of this leaves before the callback returns: the host calls come
+        // first, the record last, and a failure of either withholds it all (a
+        // local reply replaces a held response whole).
         let drop_trailers = trailers.as_ref().map(remove_all).unwrap_or_default();
         if cx.host.set_body(Side::Response, size, &redacted).is_err()
             || cx
@@ -650,13 +651,10 @@ impl Stream {
                     .edit_headers(MapKind::ResponseTrailers, &drop_trailers)
                     .is_err())
         {
-            // The record says released, but nothing was: say so.
-            let _ = cx.host.log(
-                LogLevel::Warn,
-                "consentry: the host refused the redacted response; it is withheld",
-            );
-            self.recorded = false;
             return self.withhold(Code::UnsafeResponse, "host_call", cx);
+        }
+        if self.record(Ending::Released, cx).is_err() {
+            return self.withhold(Code::DependencyUnavailable, "audit", cx);
         }
         self.state = State::Released;
         Flow::Continue

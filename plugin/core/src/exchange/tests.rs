@@ -392,9 +392,11 @@ fn a_record_that_cannot_be_written_withholds_the_answer() {
         },
     );
     assert_eq!(flow, Flow::Pause);
+    // The held response is replaced whole by the problem: nothing of it goes.
     let s = rig.host.stream(id);
-    assert_eq!(s.response_body, RECORD.as_bytes(), "nothing was replaced");
+    assert_eq!(s.replies.len(), 1);
     assert_eq!(s.replies[0].status, 503);
+    assert_eq!(s.replies[0].details, "consentry.dependency_unavailable");
 }
 
 #[test]
