@@ -200,6 +200,8 @@ fn broken() -> Vec<Case> {
         // The top level.
         case("version 2", "$.version").set("/version", json!(2)),
         case("version as text", "$.version").set("/version", json!("1")),
+        case("an unknown response mode", "$.response_mode")
+            .set("/response_mode", json!("stream")),
         case("routes missing", "$").remove("/routes"),
         case("issuers missing", "$").remove("/issuers"),
         case("an unknown top-level member", "$.limts").set("/limts", json!({})),
@@ -897,6 +899,12 @@ fn valid() -> Vec<(String, Value)> {
             "when": "request.query.batch == 'true'"
         });
     });
+
+    for mode in ["hold", "late_commit"] {
+        variant(format!("response_mode {mode}"), &|d| {
+            d["response_mode"] = json!(mode);
+        });
+    }
 
     // The other sections, with every member set.
     variant("every top-level section".into(), &|d| {

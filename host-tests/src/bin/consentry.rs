@@ -151,8 +151,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let started = builder.start();
             match started {
-                Ok(_) => {
+                Ok(proxy) => {
                     println!("{}: ok", config.display());
+                    // The plugin says which response mode it runs in, and what that
+                    // asks of the host.
+                    const LOADED: &str = "consentry: configuration loaded; ";
+                    if let Some(mode) = proxy
+                        .logs()
+                        .iter()
+                        .find_map(|l| l.message.strip_prefix(LOADED).map(str::to_owned))
+                    {
+                        println!("{mode}");
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(StartError::Rejected { logs }) => {

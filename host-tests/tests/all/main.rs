@@ -9,6 +9,7 @@ mod decisions;
 mod fidelity;
 mod flows;
 mod memory;
+mod modes;
 mod parity;
 mod report;
 mod support;

@@ -84,6 +84,8 @@ struct RawConfig {
     rate_limits: RawRateLimits,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    response_mode: ResponseMode,
 }
 
 /// `{"requests": 20, "seconds": 1, "burst": 40}`.
@@ -248,6 +250,45 @@ pub const DEFAULT_REMOVED_RESPONSE_HEADERS: [&str; 5] = [
     "x-runtime",
 ];
 
+/// How the plugin holds a protected response while it redacts the body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    /// The response headers wait for the redacted body: `content-length` is exact
+    /// and any refusal is a clean masked problem. Needs a host that delivers body
+    /// callbacks while headers are paused (Envoy 1.35+ with the wasm filter's
+    /// `allow_on_headers_stop_iteration: true`); elsewhere a paused response stalls.
+    #[default]
+    Hold,
+    /// The headers go on (without `content-length` and body digests) once they
+    /// show nothing to withhold; the body is still held whole, redacted and then
+    /// released. A body found unsafe after the headers left resets the stream, so
+    /// a withheld answer never completes as a success. For hosts that cannot hold
+    /// response headers: Istio's `WasmPlugin`, Envoy Gateway, Envoy without the flag.
+    LateCommit,
+}
+
+impl ResponseMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseMode::Hold => "hold",
+            ResponseMode::LateCommit => "late_commit",
+        }
+    }
+
+    /// One line on what the mode means and which hosts it needs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ResponseMode::Hold => {
+                "response mode hold: response headers wait for the redacted body and                  every refusal is a clean problem; needs Envoy 1.35+ with the wasm                  filter's allow_on_headers_stop_iteration: true (elsewhere protected                  responses stall: use \"response_mode\": \"late_commit\")"
+            }
+            ResponseMode::LateCommit => {
+                "response mode late_commit: response headers go before the body is                  redacted (no content-length); a body found unsafe afterwards resets                  the stream; runs on any proxy-wasm host (Istio, Envoy Gateway)"
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Config {
     pub token: TokenLocation,
@@ -263,6 +304,7 @@ pub struct Config {
     pub remove_response_headers: Vec<String>,
     pub rate_limits: RateLimits,
     pub audit: AuditSettings,
+    pub response_mode: ResponseMode,
 }
 
 /// Token buckets (shared by the proxy's workers) and the lockout after refusals.
@@ -699,6 +741,7 @@ fn compile(raw: RawConfig, env: EnvLookup<'_>) -> Result<Config, ConfigErrors> {
         remove_response_headers: removed,
         rate_limits,
         audit,
+        response_mode: raw.response_mode,
     })
 }
 

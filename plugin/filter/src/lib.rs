@@ -144,9 +144,15 @@ pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
                         "consentry: the timer could not be set: waits are not bounded",
                     );
                 }
-                let _ = vm
-                    .host
-                    .log(LogLevel::Info, "consentry: configuration loaded");
+                let mode = vm
+                    .roots
+                    .get(&root)
+                    .and_then(Filter::plugin)
+                    .map_or("", |p| p.config().response_mode.describe());
+                let _ = vm.host.log(
+                    LogLevel::Info,
+                    &format!("consentry: configuration loaded; {mode}"),
+                );
                 1
             }
             Err(_) => 0,

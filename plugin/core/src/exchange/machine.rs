@@ -22,6 +22,7 @@
 
 use std::rc::Rc;
 
+use crate::config::ResponseMode;
 use crate::host::{Host, HostError, LogLevel, MapKind, Side};
 use crate::http::{HeaderEdits, Headers, LocalReply, RequestHead};
 use crate::problem::{self, Code};
@@ -85,7 +86,10 @@ enum State {
     /// The request headers are held while the decision waits for a resource.
     Waiting { resource: Resource, since_ms: u64 },
     /// Allowed; the request is held until its body is whole, to be minimised.
-    HoldingRequest,
+    /// `headers_sent`: its headers already went upstream (the late-commit mode,
+    /// for hosts that deliver no body while headers are paused): only the body is
+    /// held, and its length is left to chunked framing.
+    HoldingRequest { headers_sent: bool },
     /// Allowed and on its way upstream; no response yet.
     Forwarded,
     /// The response is held until its body is whole and redacted; `edits` are
@@ -176,22 +180,22 @@ impl Stream {
             (S::Waiting { .. }, E::ResponseBody { .. } | E::ResponseTrailers(_)) => {
                 self.reset(Code::UnsafeResponse, "unexpected_event", cx)
             }
-            (S::Waiting { .. } | S::HoldingRequest, E::Unreadable(_)) => {
+            (S::Waiting { .. } | S::HoldingRequest { .. }, E::Unreadable(_)) => {
                 self.refuse(Code::DependencyUnavailable, "host_call", Some(1), cx)
             }
             (S::Waiting { .. }, E::Log) => self.end(cx),
 
             // ── HoldingRequest: allowed; the body is held until whole.
-            (S::HoldingRequest, E::RequestHeaders(_)) => self.refuse_unexpected(cx),
+            (S::HoldingRequest { .. }, E::RequestHeaders(_)) => self.refuse_unexpected(cx),
             (
-                S::HoldingRequest,
+                S::HoldingRequest { .. },
                 E::RequestBody {
                     size,
                     end_of_stream: false,
                 },
             ) => self.hold_request_body(size, cx),
             (
-                S::HoldingRequest,
+                S::HoldingRequest { .. },
                 E::RequestBody {
                     size,
                     end_of_stream: true,
@@ -201,17 +205,19 @@ impl Stream {
                 self.request.ended = true;
                 self.minimise_request(cx)
             }
-            (S::HoldingRequest, E::RequestTrailers(trailers)) => {
+            (S::HoldingRequest { .. }, E::RequestTrailers(trailers)) => {
                 self.request.ended = true;
                 self.request.trailers = Some(trailers);
                 self.minimise_request(cx)
             }
-            (S::HoldingRequest, E::Metadata(_)) => Flow::Pause,
-            (S::HoldingRequest, E::ResponseHeaders(head)) => self.mask_proxy_reply(&head, cx),
-            (S::HoldingRequest, E::ResponseBody { .. } | E::ResponseTrailers(_)) => {
+            (S::HoldingRequest { .. }, E::Metadata(_)) => Flow::Pause,
+            (S::HoldingRequest { .. }, E::ResponseHeaders(head)) => {
+                self.mask_proxy_reply(&head, cx)
+            }
+            (S::HoldingRequest { .. }, E::ResponseBody { .. } | E::ResponseTrailers(_)) => {
                 self.reset(Code::UnsafeResponse, "unexpected_event", cx)
             }
-            (S::HoldingRequest, E::Log) => self.end(cx),
+            (S::HoldingRequest { .. }, E::Log) => self.end(cx),
 
             // ── Forwarded: allowed and gone upstream; the response decides next.
             (S::Forwarded, E::RequestHeaders(_)) => {
@@ -416,11 +422,22 @@ impl Stream {
             self.state = State::Forwarded;
             return Flow::Continue;
         }
-        self.state = State::HoldingRequest;
         if self.request.ended {
+            self.state = State::HoldingRequest {
+                headers_sent: false,
+            };
             return self.minimise_request(cx);
         }
-        Flow::Pause
+        // Late commit: the headers go (their content-length removed above), the
+        // body is held by the body callbacks; a host that cannot hold headers
+        // delivers no body until they go.
+        let headers_sent = late_commit(cx);
+        self.state = State::HoldingRequest { headers_sent };
+        if headers_sent {
+            Flow::Continue
+        } else {
+            Flow::Pause
+        }
     }
 
     fn note_body(&mut self, size: usize, end_of_stream: bool) -> Flow {
@@ -471,15 +488,18 @@ impl Stream {
             Ok(out) => out,
             Err((code, reason)) => return self.refuse(code, reason, None, cx),
         };
-        // An empty body stays as it is: there is no buffer to replace.
+        // An empty body stays as it is: there is no buffer to replace. Headers
+        // that already went upstream carry no length to fix.
+        let headers_sent = matches!(self.state, State::HoldingRequest { headers_sent: true });
         if size > 0 || !out.is_empty() {
             let mut edits = HeaderEdits::default();
             edits.set("content-length", out.len().to_string());
             if cx.host.set_body(Side::Request, size, &out).is_err()
-                || cx
-                    .host
-                    .edit_headers(MapKind::RequestHeaders, &edits)
-                    .is_err()
+                || (!headers_sent
+                    && cx
+                        .host
+                        .edit_headers(MapKind::RequestHeaders, &edits)
+                        .is_err())
             {
                 return self.refuse(Code::DependencyUnavailable, "host_call", Some(1), cx);
             }
@@ -582,14 +602,34 @@ impl Stream {
                 self.state = State::HeadersOnly;
                 Flow::Continue
             }
-            ResponseDecision::Hold { edits } => {
+            ResponseDecision::Hold { mut edits } => {
                 self.ex.outcome.status = head.status;
+                if !late_commit(cx) {
+                    self.state = State::HoldingResponse {
+                        edits,
+                        headers_sent: false,
+                        body_size: 0,
+                    };
+                    return Flow::Pause;
+                }
+                // Late commit: the headers go now, without anything that describes
+                // a body not redacted yet; the body is held by the body callbacks.
+                if let Some(plugin) = cx.plugin.as_deref() {
+                    plugin.late_response_edits(&mut edits, &head.headers);
+                }
+                if cx
+                    .host
+                    .edit_headers(MapKind::ResponseHeaders, &edits)
+                    .is_err()
+                {
+                    return self.withhold(Code::UnsafeResponse, "host_call", cx);
+                }
                 self.state = State::HoldingResponse {
-                    edits,
-                    headers_sent: false,
+                    edits: HeaderEdits::default(),
+                    headers_sent: true,
                     body_size: 0,
                 };
-                Flow::Pause
+                Flow::Continue
             }
         }
     }
@@ -617,9 +657,15 @@ impl Stream {
         trailers: Option<Headers>,
         cx: &mut Cx<'_>,
     ) -> Flow {
-        let State::HoldingResponse { edits, .. } = &mut self.state else {
+        let State::HoldingResponse {
+            edits,
+            headers_sent,
+            ..
+        } = &mut self.state
+        else {
             return self.withhold(Code::UnsafeResponse, "unexpected_event", cx);
         };
+        let headers_sent = *headers_sent;
         let mut edits = std::mem::take(edits);
         let Some(plugin) = cx.plugin.as_deref_mut() else {
             return self.withhold(Code::UnsafeResponse, "unconfigured", cx);
@@ -635,16 +681,19 @@ impl Stream {
             Ok(out) => out,
             Err((code, reason)) => return self.withhold(code, reason, cx),
         };
-        plugin.finish_response_edits(&mut edits, &body, &redacted);
+        if !headers_sent {
+            plugin.finish_response_edits(&mut edits, &body, &redacted);
+        }
         // Nothing of this leaves before the callback returns: the host calls come
         // first, the record last, and a failure of either withholds it all (a
         // local reply replaces a held response whole).
         let drop_trailers = trailers.as_ref().map(remove_all).unwrap_or_default();
         if cx.host.set_body(Side::Response, size, &redacted).is_err()
-            || cx
-                .host
-                .edit_headers(MapKind::ResponseHeaders, &edits)
-                .is_err()
+            || (!headers_sent
+                && cx
+                    .host
+                    .edit_headers(MapKind::ResponseHeaders, &edits)
+                    .is_err())
             || (!drop_trailers.is_empty()
                 && cx
                     .host
@@ -742,7 +791,7 @@ impl Stream {
         let ending = match &self.state {
             State::New | State::ProxyReply => Ending::ProxyReply,
             State::Waiting { .. }
-            | State::HoldingRequest
+            | State::HoldingRequest { .. }
             | State::Forwarded
             | State::HoldingResponse { .. } => Ending::Unfinished,
             State::HeadersOnly | State::Released => Ending::Released,
@@ -767,6 +816,14 @@ impl Stream {
         self.recorded = true;
         Ok(())
     }
+}
+
+/// Whether the configuration asks for the late-commit mode (response headers are
+/// never held).
+fn late_commit(cx: &Cx<'_>) -> bool {
+    cx.plugin
+        .as_deref()
+        .is_some_and(|p| p.config().response_mode == ResponseMode::LateCommit)
 }
 
 /// Edits that remove every header of `headers`.

@@ -169,6 +169,16 @@ impl Plugin {
         edits.set("content-length", released.len().to_string());
     }
 
+    /// The edits of headers that go before their body is redacted (late commit):
+    /// no length and no digest of a body the client may not get as it is.
+    pub(crate) fn late_response_edits(&self, edits: &mut HeaderEdits, headers: &Headers) {
+        for name in BODY_DIGEST_HEADERS.into_iter().chain(["content-length"]) {
+            if headers.contains(name) && !edits.remove.iter().any(|r| r == name) {
+                edits.remove(name);
+            }
+        }
+    }
+
     /// The whole body is in: redact it by the decision's plan. Errors name the
     /// problem and the reason; nothing of the body is released then.
     pub(crate) fn redact_response(

@@ -24,6 +24,11 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+fn late(mut config: Value) -> Value {
+    config["response_mode"] = json!("late_commit");
+    config
+}
+
 fn config(remote_keys: bool) -> Value {
     let jwks: Value = serde_json::from_str(&fixture("jwks.json")).unwrap();
     let keys = if remote_keys {
@@ -513,4 +518,105 @@ fn random_event_orders_never_release_without_a_decision() {
             },
         )
         .unwrap();
+}
+
+#[test]
+fn late_commit_lets_the_headers_go_and_holds_the_body() {
+    let mut rig = Rig::new(&late(config(false)));
+    let id = rig.stream();
+    let t = token();
+    assert_eq!(
+        rig.on(id, request("GET", "/patients/p-1", Some(&t), true)),
+        Flow::Continue
+    );
+    let mut headers = Headers::new();
+    headers.push(":status", "200");
+    headers.push("content-type", "application/json");
+    headers.push("content-length", RECORD.len().to_string());
+    headers.push("etag", "\"abc\"");
+    let head = Event::ResponseHeaders(ResponseHead {
+        status: 200,
+        headers,
+        end_of_stream: false,
+    });
+    assert_eq!(rig.on(id, head), Flow::Continue, "the headers go at once");
+    let (_, edits) = rig.host.stream(id).edits.last().unwrap().clone();
+    assert!(edits.remove.contains(&"content-length".into()));
+    assert!(edits.remove.contains(&"etag".into()));
+    rig.host.stream(id).response_body = RECORD.as_bytes().to_vec();
+    let edits_before = rig.host.stream(id).edits.len();
+    assert_eq!(
+        rig.on(
+            id,
+            Event::ResponseBody {
+                size: 10,
+                end_of_stream: false
+            }
+        ),
+        Flow::Pause,
+        "the body is held"
+    );
+    let flow = rig.on(
+        id,
+        Event::ResponseBody {
+            size: RECORD.len(),
+            end_of_stream: true,
+        },
+    );
+    assert_eq!(flow, Flow::Continue);
+    let s = rig.host.stream(id);
+    assert_eq!(s.response_body, br#"{"id":"p-1","name":"Eleanor"}"#);
+    assert_eq!(s.edits.len(), edits_before, "no header edit once they left");
+    assert_eq!(rig.records()[0]["outcome"], "released");
+}
+
+#[test]
+fn late_commit_resets_a_body_found_unsafe_after_the_headers_left() {
+    let mut rig = Rig::new(&late(config(false)));
+    let id = rig.stream();
+    let t = token();
+    rig.on(id, request("GET", "/patients/p-1", Some(&t), true));
+    assert_eq!(rig.on(id, response(200, false)), Flow::Continue);
+    rig.host.stream(id).response_body = br#"{"id":"p-1","ssn":"123-45-6789""#.to_vec();
+    let flow = rig.on(
+        id,
+        Event::ResponseBody {
+            size: 31,
+            end_of_stream: true,
+        },
+    );
+    assert_eq!(flow, Flow::Pause);
+    let s = rig.host.stream(id);
+    assert_eq!(s.resets, 1, "reset, never a complete answer");
+    assert!(
+        s.replies.is_empty(),
+        "a reply cannot replace headers that left"
+    );
+    rig.on(id, Event::Log);
+    assert_eq!(rig.records()[0]["outcome"], "reset");
+}
+
+#[test]
+fn late_commit_minimises_a_request_body_behind_headers_that_left() {
+    let mut rig = Rig::new(&late(config(false)));
+    let id = rig.stream();
+    let t = token();
+    assert_eq!(
+        rig.on(id, request("POST", "/search", Some(&t), false)),
+        Flow::Continue
+    );
+    let (_, edits) = rig.host.stream(id).edits[0].clone();
+    let body = br#"{"claim_id":"c-9","ssn":"123"}"#;
+    rig.host.stream(id).request_body = body.to_vec();
+    let flow = rig.on(
+        id,
+        Event::RequestBody {
+            size: body.len(),
+            end_of_stream: true,
+        },
+    );
+    assert_eq!(flow, Flow::Continue);
+    let s = rig.host.stream(id);
+    assert_eq!(s.request_body, br#"{"claim_id":"c-9"}"#);
+    assert_eq!(s.edits.len(), 1, "no header edit once they left: {edits:?}");
 }
