@@ -161,7 +161,10 @@ impl Stream {
             (S::New, E::ResponseBody { .. } | E::ResponseTrailers(_) | E::Metadata(Resp)) => {
                 self.reset(Code::UnsafeResponse, "unexpected_event", cx)
             }
-            (S::New, E::Unreadable(Req)) => self.refuse_unexpected(cx),
+            (S::New, E::Unreadable(Req)) => {
+                self.ex.request_id = fallback_request_id(cx.host, cx.sequence);
+                self.refuse(Code::DependencyUnavailable, "host_call", Some(1), cx)
+            }
             (S::New, E::Unreadable(Resp)) => self.reset(Code::UnsafeResponse, "host_call", cx),
             (S::New, E::Log) => self.end(cx),
 

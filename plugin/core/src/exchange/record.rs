@@ -68,7 +68,12 @@ impl Plugin {
             Ending::Refused => (audit::Ending::Refused, final_status(host)),
             Ending::Withheld => (audit::Ending::Withheld, final_status(host)),
             Ending::Reset => (audit::Ending::Reset, 0),
-            Ending::ProxyReply => (audit::Ending::ProxyReply, final_status(host)),
+            // A stream the plugin never saw a request of: a reply of the proxy's
+            // own, or (no status) a client that left before its request came.
+            Ending::ProxyReply => match final_status(host) {
+                0 => (audit::Ending::Reset, 0),
+                status => (audit::Ending::ProxyReply, status),
+            },
             Ending::Unfinished => match final_status(host) {
                 0 => (audit::Ending::Reset, 0),
                 status => (audit::Ending::Withheld, status),
