@@ -23,6 +23,7 @@ pub mod fidelity;
 pub mod fixtures;
 pub mod message;
 pub mod mint;
+pub mod oci;
 pub mod plugin;
 pub mod properties;
 pub mod proxy;

@@ -16,6 +16,9 @@
 //!   reach a log line, a client or a metric name.
 //! - `views`: each persona's view of the example data, through Envoy, is its golden file
 //!   in `examples/views/` byte for byte.
+//! - `late_commit`: the response modes on hosts with and without
+//!   `allow_on_headers_stop_iteration` (what the deployment manifests in `envoy/deploy/`
+//!   amount to): redacted views, resets for bodies found unsafe late, stalls.
 //!
 //! Needs `./envoy/install.sh` (or ENVOY_BIN) and the plugin's release build
 //! (`cargo build -p consentry-filter --target wasm32-wasip1 --release`); without them
@@ -29,6 +32,7 @@
 )]
 
 mod audit;
+mod late_commit;
 mod leaks;
 mod limits;
 mod mtls;

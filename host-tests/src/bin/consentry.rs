@@ -61,6 +61,18 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Write the plugin (the --wasm build) as an OCI image for Istio and Envoy Gateway:
+    /// an OCI image layout directory to push with `oras cp --from-oci-layout DIR:TAG
+    /// REGISTRY/REPO:TAG` (or skopeo, crane). Prints the manifest digest, the value of
+    /// the deployment manifests' `sha256` fields (without its `sha256:` prefix).
+    Package {
+        /// The directory to write (must not exist, or be empty).
+        #[arg(long = "oci", value_name = "DIR")]
+        oci: PathBuf,
+        /// The tag named in the layout's index.json.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+    },
     /// Write a self-contained HTML dashboard from an audit log (and Envoy's /stats).
     Report {
         /// The audit log: Envoy's log, or bare JSON records one per line.
@@ -234,6 +246,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Package { oci, tag } => {
+            let path = cli.wasm.unwrap_or_else(default_wasm_path);
+            let wasm = std::fs::read(&path)
+                .with_context(|| format!("reading the plugin {}", path.display()))?;
+            let packaged = consentry_host::oci::write_layout(&oci, &wasm, &tag)
+                .with_context(|| format!("writing {}", oci.display()))?;
+            println!("{}", packaged.manifest_digest);
+            eprintln!(
+                "wrote {} (tag {}); push it, e.g. `oras cp --from-oci-layout {}:{} \
+                 REGISTRY/consentry:{}`, and pin sha256: {} in the manifests",
+                oci.display(),
+                packaged.tag,
+                oci.display(),
+                packaged.tag,
+                packaged.tag,
+                packaged.sha256_hex()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Report {
             log,
