@@ -802,12 +802,28 @@ fn envoyfilter_wasm(doc: &Value) -> Value {
     typed
 }
 
-/// `policies/example.json` in this response mode.
-fn example_in(mode: &str) -> Value {
+/// `policies/example.json` in this response mode, its consent service reached
+/// through the cluster the host names for it.
+fn example_in(mode: &str, cluster: &str) -> Value {
     let mut example: Value =
         serde_json::from_str(&read(&workspace_root().join("policies/example.json"))).unwrap();
     example["response_mode"] = json!(mode);
+    for issuer in example["issuers"].as_array_mut().unwrap() {
+        issuer["keys"]["remote"]["cluster"] = json!(cluster);
+        issuer["revocation"]["status_list"]["cluster"] = json!(cluster);
+    }
     example
+}
+
+/// The cluster of the consent service on each host: Istio names a `ServiceEntry`'s
+/// cluster after its host and port; Envoy Gateway's names are its own (the
+/// manifests keep the example's, to be adapted).
+fn consent_cluster(path: &Path) -> &'static str {
+    if path.components().any(|c| c.as_os_str() == "istio") {
+        "outbound|443||consent.example.com"
+    } else {
+        "consent_service"
+    }
 }
 
 /// The secrets a configuration names (`secrets.*.env`).
@@ -835,7 +851,11 @@ fn each_manifest_runs_the_example_policy_in_the_mode_its_host_allows() {
     for (path, mode) in manifests() {
         let name = path.display().to_string();
         let d = deployment(&path);
-        assert_eq!(d.config, example_in(mode), "{name}: example.json in {mode}");
+        assert_eq!(
+            d.config,
+            example_in(mode, consent_cluster(&path)),
+            "{name}: example.json in {mode}"
+        );
         assert!(d.fails_closed, "{name}: must fail closed");
         assert_eq!(
             d.flag,
