@@ -34,6 +34,15 @@ const ACTION_COLORS: [(&str, &str); 6] = [
     ("encrypt", "#3a9d6e"),
 ];
 
+/// The outcomes of format v2 in the order the page shows them, with colours.
+const OUTCOME_ORDER: [(&str, &str); 5] = [
+    ("released", "#3a9d6e"),
+    ("refused", "#d64550"),
+    ("withheld", "#e07b39"),
+    ("reset", "#3e4c59"),
+    ("proxy_reply", "#7b8794"),
+];
+
 /// The colour of anything the page does not know (a value of a newer plugin, or of a
 /// tampered log: its chain fails verification, but the page still shows it).
 pub(super) const OTHER_COLOR: &str = "#9aa5b1";
@@ -79,6 +88,11 @@ pub(super) fn action_color(action: &str) -> &'static str {
     lookup(&ACTION_COLORS, action)
 }
 
+/// The colour of an outcome; `None` (a version 1 record) is the lightest grey.
+pub(super) fn outcome_color(outcome: Option<&str>) -> &'static str {
+    outcome.map_or("#cbd2d9", |o| lookup(&OUTCOME_ORDER, o))
+}
+
 /// The HTTP status a problem code is sent with (`2xx` for `ok`, `?` when unknown).
 pub(super) fn status_of(code: &str) -> String {
     consentry_core::problem::Code::ALL
@@ -116,6 +130,13 @@ pub(super) struct AlertRow {
     pub code: String,
 }
 
+/// An outcome and the status the client got; both `None` in version 1 records.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) struct OutcomeKey {
+    pub outcome: Option<String>,
+    pub status: Option<u64>,
+}
+
 #[derive(Default)]
 pub(super) struct Data {
     pub total: u64,
@@ -134,6 +155,7 @@ pub(super) struct Data {
     pub reasons: HashMap<(String, String), ReasonStats>,
     pub codes: BTreeMap<String, u64>,
     pub alerts: Vec<AlertRow>,
+    pub outcomes: HashMap<OutcomeKey, u64>,
 }
 
 impl Data {
@@ -155,6 +177,12 @@ impl Data {
             d.last = Some(d.last.map_or(ms, |l| l.max(ms)));
             d.decisions.push((ms, dec.code.clone()));
             *d.codes.entry(dec.code.clone()).or_default() += 1;
+            *d.outcomes
+                .entry(OutcomeKey {
+                    outcome: dec.outcome.clone(),
+                    status: dec.status,
+                })
+                .or_default() += 1;
             let allowed = dec.decision == "allow";
             let caller = d.callers.entry(dec.caller.clone()).or_default();
             if allowed {
@@ -212,5 +240,37 @@ impl Data {
                 .then(a.cmp(b))
         });
         codes
+    }
+
+    /// Decisions with this outcome.
+    pub fn with_outcome(&self, outcome: &str) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|(k, _)| k.outcome.as_deref() == Some(outcome))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Decisions whose record does not say how the stream ended (version 1).
+    pub fn without_outcome(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|(k, _)| k.outcome.is_none())
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// (outcome, status) with their counts: known outcomes in order, then unknown
+    /// ones by name, then records without one; by status within an outcome.
+    pub fn outcomes_in_order(&self) -> Vec<(&OutcomeKey, u64)> {
+        let mut rows: Vec<_> = self.outcomes.iter().map(|(k, n)| (k, *n)).collect();
+        rows.sort_by(|(a, _), (b, _)| {
+            let place = |k: &OutcomeKey| match &k.outcome {
+                Some(o) => (rank(&OUTCOME_ORDER, o), Some(o.clone())),
+                None => (usize::MAX, None),
+            };
+            place(a).cmp(&place(b)).then(a.status.cmp(&b.status))
+        });
+        rows
     }
 }

@@ -4,9 +4,9 @@
 //! The page has no external assets and no JavaScript: the charts are inline SVG and
 //! the styles one `<style>` element, so it opens anywhere, offline, and can be
 //! attached to a ticket. It shows requests and refusals over time by problem code, the
-//! top callers, consent events (revoked, expired, suspended), fields redacted by
-//! action, the most frequent refusal reasons, alerts, the chain verification status,
-//! and the plugin's counters.
+//! top callers, consent events (revoked, expired, suspended), how streams ended
+//! (format v2's `outcome` and `status`), fields redacted by action, the most frequent
+//! refusal reasons, alerts, the chain verification status, and the plugin's counters.
 //!
 //! Everything in an audit log may be hostile: request ids and callers come from
 //! clients, and a tampered log says whatever its author wants (its chain then fails

@@ -39,6 +39,10 @@ pub(super) struct Page {
     pub callers: Option<HBars>,
     pub events: Vec<EventCard>,
     pub codes: Vec<CodeRow>,
+    pub outcomes: Vec<OutcomeRow>,
+    /// Decisions whose record does not say how the stream ended (version 1).
+    pub unrecorded: u64,
+    pub unrecorded_plural: &'static str,
     pub redactions: Option<HBars>,
     pub fields: Vec<FieldRow>,
     pub reasons: Vec<ReasonRow>,
@@ -174,6 +178,15 @@ pub(super) struct CodeRow {
     pub count: String,
 }
 
+pub(super) struct OutcomeRow {
+    /// The outcome, or `None` for version 1 records, which do not say.
+    pub outcome: Option<Cut>,
+    pub color: &'static str,
+    pub status: String,
+    pub count: String,
+    pub share: String,
+}
+
 pub(super) struct FieldRow {
     pub field: Cut,
     pub action: Cut,
@@ -251,6 +264,9 @@ impl Page {
             callers: callers(d),
             events: events(d),
             codes: codes(d),
+            outcomes: outcomes(d),
+            unrecorded: d.without_outcome(),
+            unrecorded_plural: plural(d.without_outcome()),
             redactions: redactions(d),
             fields: fields(d),
             reasons: reasons(d),
@@ -283,6 +299,13 @@ fn kpis(d: &Data) -> Vec<Kpi> {
         value,
         note,
     };
+    // Withheld: allowed, yet the client got the plugin's problem (or the proxy's
+    // reply) instead of the upstream's answer, or nothing (reset).
+    let withheld_note = if d.without_outcome() == d.total && d.total > 0 {
+        "not in v1 records".to_owned()
+    } else {
+        format!("{} reset", num(d.with_outcome("reset")))
+    };
     vec![
         kpi("requests", "Decisions", num(d.total), String::new()),
         kpi(
@@ -298,6 +321,12 @@ fn kpis(d: &Data) -> Vec<Kpi> {
             pct(d.refused(), d.total),
         ),
         kpi(
+            "withheld",
+            "Withheld",
+            num(d.with_outcome("withheld")),
+            withheld_note,
+        ),
+        kpi(
             "callers",
             "Callers",
             num(d.callers.len() as u64),
@@ -311,7 +340,7 @@ fn kpis(d: &Data) -> Vec<Kpi> {
         ),
         kpi(
             "redacted",
-            "Values redacted",
+            "Redacted",
             num(redacted),
             format!("{} released", num(d.released)),
         ),
@@ -682,6 +711,23 @@ fn codes(d: &Data) -> Vec<CodeRow> {
             status: data::status_of(&code),
             count: num(d.codes.get(&code).copied().unwrap_or(0)),
             code: Text::new(&code).cut(CHIP),
+        })
+        .collect()
+}
+
+fn outcomes(d: &Data) -> Vec<OutcomeRow> {
+    d.outcomes_in_order()
+        .into_iter()
+        .map(|(key, n)| OutcomeRow {
+            outcome: key.outcome.as_deref().map(|o| Text::new(o).cut(CHIP)),
+            color: data::outcome_color(key.outcome.as_deref()),
+            status: match key.status {
+                None => "–".to_owned(),
+                Some(0) => "none".to_owned(),
+                Some(s) => s.to_string(),
+            },
+            count: num(n),
+            share: pct(n, d.total),
         })
         .collect()
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use consentry_core::audit::{
-    self, AuditEntry, AuditKey, AuditTrail, Decision, Redaction, emission,
+    self, AuditEntry, AuditKey, AuditTrail, Decision, Ending, Redaction, emission,
 };
 use consentry_core::problem::Code;
 use consentry_host::report;
@@ -101,6 +101,8 @@ struct Expected {
     callers: BTreeSet<&'static str>,
     lockouts: u64,
     records_by_chain: BTreeMap<String, u64>,
+    /// (outcome, status) of every decision.
+    outcomes: BTreeMap<(&'static str, u16), u64>,
 }
 
 struct SyntheticLog {
@@ -200,13 +202,30 @@ fn synthetic_log() -> SyntheticLog {
             } else {
                 (Decision::Allow, None, "rule_matched")
             };
+        // An upstream failure or an unsafe answer comes after an allow: the plugin's
+        // problem goes out in the answer's place. A few allowed streams are reset.
+        let withheld = matches!(code, Some(Code::UpstreamError | Code::UnsafeResponse));
+        let decision = if withheld { Decision::Allow } else { decision };
+        let reset = decision == Decision::Allow && !withheld && rng.below(40) == 0;
+        let (ending, status) = match (decision, code) {
+            _ if reset => (Ending::Reset, 0),
+            (_, Some(code)) if withheld => (Ending::Withheld, code.status()),
+            (Decision::Deny, Some(code)) => (Ending::Refused, code.status()),
+            _ => (Ending::Released, 200),
+        };
         let refused = decision == Decision::Deny;
         let mut entry = AuditEntry::new(at(ms), &request_id, caller, decision, code, reason);
+        entry.ending = ending;
+        entry.status = status;
+        *expected
+            .outcomes
+            .entry((ending.as_str(), status))
+            .or_default() += 1;
         entry.subject = Some(&subject);
         entry.purpose = Some(*rng.pick(&["treatment", "claims", "research", "payroll"]));
         entry.consent_id = Some(&consent);
         entry.route = Some(*rng.pick(&["GET /patients/{id}", "GET /patients/{id}/records"]));
-        if !refused {
+        if ending == Ending::Released {
             entry.rule = Some(*rng.pick(&["insurer-read", "research-cohort", "payroll-basic"]));
             entry
                 .fields
@@ -653,6 +672,29 @@ fn the_report_renders_in_a_real_browser() {
         "the log has refusals of most codes: {:?}",
         e.codes
     );
+    // How every stream ended, by status, and the withheld answers as a KPI.
+    let outcomes = section_to(&dom, "table-outcomes", "</table>");
+    for ((outcome, status), n) in &e.outcomes {
+        let status = if *status == 0 {
+            "none".to_owned()
+        } else {
+            status.to_string()
+        };
+        let row = format!(
+            ">{outcome}</span></td><td class=\"num\">{status}</td><td class=\"num\">{}</td>",
+            report::num(*n)
+        );
+        assert!(outcomes.contains(&row), "{row} in {outcomes}");
+    }
+    assert_eq!(outcomes.matches("<tr>").count(), e.outcomes.len() + 1);
+    let withheld: u64 = e
+        .outcomes
+        .iter()
+        .filter(|((o, _), _)| *o == "withheld")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(withheld > 0 && e.outcomes.keys().any(|(o, _)| *o == "reset"));
+    assert_eq!(kpi_value(&dom, "withheld"), Some(report::num(withheld)));
     assert!(dom.contains("consentry.decision.allow"));
     assert!(dom.contains("1,900"), "counter values are shown");
 }
@@ -666,13 +708,90 @@ fn kpi_value(dom: &str, id: &str) -> Option<String> {
 }
 
 fn section<'a>(dom: &'a str, id: &str) -> &'a str {
+    section_to(dom, id, "</svg>")
+}
+
+/// The DOM from the element with `id` to `end`.
+fn section_to<'a>(dom: &'a str, id: &str, end: &str) -> &'a str {
     let start = dom.find(&format!("id=\"{id}\"")).unwrap();
-    let end = dom[start..].find("</svg>").unwrap();
-    &dom[start..start + end]
+    let len = dom[start..].find(end).unwrap();
+    &dom[start..start + len]
 }
 
 fn data_counts(s: &str) -> impl Iterator<Item = u64> + '_ {
     s.split("data-count=\"")
         .skip(1)
         .map(|rest| rest[..rest.find('"').unwrap()].parse::<u64>().unwrap())
+}
+
+/// Version 1 records (before `outcome` and `status`) still verify and are counted;
+/// the page says their outcome was not recorded rather than guessing one.
+#[test]
+fn version_1_records_are_shown_as_not_recorded() {
+    let mut old = AuditTrail::new("0a1b2c3d4e5f6071", None);
+    let v1: Vec<String> = (0..3)
+        .map(|i| {
+            old.record(AuditEntry::new(
+                at(START_MS + i * 1000),
+                "0f7cb765-86fc-485c-b1a8-6470c46bf45a",
+                "spiffe://insurer.example/claims",
+                Decision::Allow,
+                None,
+                "rule_matched",
+            ))
+        })
+        .collect();
+    let v1 = crate::report_hostile::reseal(&v1, None, |r| {
+        r.v = 1;
+        if let audit::Body::Decision(d) = &mut r.body {
+            d.outcome = None;
+            d.status = None;
+        }
+    });
+    assert!(
+        v1.iter()
+            .all(|l| l.starts_with("{\"v\":1,") && !l.contains("outcome"))
+    );
+    let render = |lines: &[String]| {
+        report::render(&report::Input {
+            log_name: "envoy.log",
+            log_text: &lines.join("\n"),
+            stats_text: None,
+            keys: &[],
+        })
+        .unwrap()
+    };
+
+    let html = render(&v1);
+    assert!(
+        html.contains("data-status=\"verified\""),
+        "v1 records verify"
+    );
+    assert_eq!(kpi_value(&html, "requests").as_deref(), Some("3"));
+    assert!(html.contains("<div class=\"note\">not in v1 records</div>"));
+    assert!(
+        html.contains(">not recorded</span></td><td class=\"num\">–</td><td class=\"num\">3</td>")
+    );
+
+    // Mixed with version 2 records (a plugin upgraded mid-log): both are counted.
+    let mut new = AuditTrail::new("c1d2e3f405a6b7c8", None);
+    let mut entry = AuditEntry::new(
+        at(START_MS + 5000),
+        "1f7cb765-86fc-485c-b1a8-6470c46bf45a",
+        "spiffe://insurer.example/claims",
+        Decision::Allow,
+        Some(Code::UnsafeResponse),
+        "content_type_not_allowed",
+    );
+    entry.ending = Ending::Withheld;
+    entry.status = 502;
+    let mut lines = v1.clone();
+    lines.push(new.record(entry));
+    let html = render(&lines);
+    assert!(html.contains("data-status=\"verified\""));
+    assert_eq!(kpi_value(&html, "withheld").as_deref(), Some("1"));
+    assert!(
+        html.contains(">withheld</span></td><td class=\"num\">502</td><td class=\"num\">1</td>")
+    );
+    assert!(html.contains("Not recorded: 3 version 1 records"));
 }

@@ -47,7 +47,7 @@ fn at(ms: u64) -> SystemTime {
 }
 
 /// One chain per payload, its id carrying it; every string of its records carries it
-/// too. The writer takes codes, actions and alerts as enums: those members
+/// too. The writer takes codes, outcomes, actions and alerts as enums: those members
 /// are set to the payload afterwards and the chain sealed again ([`reseal`]). Chain 0
 /// checkpoints an hour later, so the verifier warns about every other chain (a warning
 /// names its chain).
@@ -105,6 +105,7 @@ fn hostile_log(key: &AuditKey) -> (Vec<String>, u64) {
         assert_eq!(reseal(&chain, Some(key), |_| {}), chain);
         let chain = reseal(&chain, Some(key), |r| {
             if let Body::Decision(d) = &mut r.body {
+                d.outcome = Some(format!("outcome{p}"));
                 for f in &mut d.redacted {
                     f.action = format!("action{p}");
                 }
@@ -353,6 +354,7 @@ fn hostile_strings_in_every_shown_field_stay_text() {
             format!("reason{p}"),
             format!("field{p}"),
             format!("code{p}"),
+            format!("outcome{p}"),
             format!("action{p}"),
             format!("alert{p}"),
         ]);
@@ -396,7 +398,7 @@ fn hostile_strings_in_every_shown_field_stay_text() {
         assert!(!dom.contains(MARKED), "{what}: an injected script ran");
         assert_only_the_pages_markup(&dom, what);
         assert!(dom.contains("</footer>"), "{what}: rendered to the end");
-        assert!(dom.contains("id=\"table-reasons\""));
+        assert!(dom.contains("id=\"table-reasons\"") && dom.contains("id=\"table-outcomes\""));
         // Shown as text: the DOM has the payload's characters, escaped as text.
         let reason = format!("reason{}", ps[0])
             .replace('<', "&lt;")
