@@ -18,6 +18,7 @@
 //! the template sees are typed to keep strings of the log out of places escaping
 //! cannot protect (see [`view`]).
 
+mod charts;
 mod data;
 mod view;
 
@@ -191,6 +192,10 @@ fn pct(part: u64, whole: u64) -> String {
     format!("{}.{} %", tenths / 10, tenths % 10)
 }
 
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 fn hhmm(ms: u64) -> String {
     audit::format_time(ms).get(11..16).unwrap_or("").to_owned()
 }
@@ -201,7 +206,7 @@ fn date(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::view::{bucket_label, bucket_ms, nice_axis};
+    use super::charts::{bucket_label, bucket_ms, nice_axis};
     use super::*;
 
     #[test]
