@@ -16,7 +16,7 @@
 //! error, not a page that quietly shows less; it costs a proc-macro at build time and
 //! nothing at run time (minijinja would parse the template at run time). The values
 //! the template sees are typed to keep strings of the log out of places escaping
-//! cannot protect (see [`view`]).
+//! cannot protect (see `view.rs`).
 
 mod charts;
 mod data;
