@@ -3,6 +3,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 mod audit_shipping;
+mod browser;
 mod cli;
 mod codes;
 mod decisions;
@@ -12,6 +13,7 @@ mod memory;
 mod modes;
 mod parity;
 mod report;
+mod report_hostile;
 mod support;
 mod tokens;
 mod views;

@@ -3,17 +3,18 @@
 //! report checked in a real headless browser (Debian's `chromium` package).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use consentry_core::audit::{
-    self, AuditEntry, AuditKey, AuditTrail, Decision, Redaction, emission,
+    self, AuditEntry, AuditKey, AuditTrail, Decision, Ending, Redaction, emission,
 };
 use consentry_core::problem::Code;
 use consentry_host::report;
+
+use crate::browser::{chromium, decode_png, run_browser};
 
 const SECRET: &[u8] = b"a 32-byte audit key for the test";
 /// 2026-11-27T09:00:00Z.
@@ -100,6 +101,8 @@ struct Expected {
     callers: BTreeSet<&'static str>,
     lockouts: u64,
     records_by_chain: BTreeMap<String, u64>,
+    /// (outcome, status) of every decision.
+    outcomes: BTreeMap<(&'static str, u16), u64>,
 }
 
 struct SyntheticLog {
@@ -199,13 +202,30 @@ fn synthetic_log() -> SyntheticLog {
             } else {
                 (Decision::Allow, None, "rule_matched")
             };
+        // An upstream failure or an unsafe answer comes after an allow: the plugin's
+        // problem goes out in the answer's place. A few allowed streams are reset.
+        let withheld = matches!(code, Some(Code::UpstreamError | Code::UnsafeResponse));
+        let decision = if withheld { Decision::Allow } else { decision };
+        let reset = decision == Decision::Allow && !withheld && rng.below(40) == 0;
+        let (ending, status) = match (decision, code) {
+            _ if reset => (Ending::Reset, 0),
+            (_, Some(code)) if withheld => (Ending::Withheld, code.status()),
+            (Decision::Deny, Some(code)) => (Ending::Refused, code.status()),
+            _ => (Ending::Released, 200),
+        };
         let refused = decision == Decision::Deny;
         let mut entry = AuditEntry::new(at(ms), &request_id, caller, decision, code, reason);
+        entry.ending = ending;
+        entry.status = status;
+        *expected
+            .outcomes
+            .entry((ending.as_str(), status))
+            .or_default() += 1;
         entry.subject = Some(&subject);
         entry.purpose = Some(*rng.pick(&["treatment", "claims", "research", "payroll"]));
         entry.consent_id = Some(&consent);
         entry.route = Some(*rng.pick(&["GET /patients/{id}", "GET /patients/{id}/records"]));
-        if !refused {
+        if ending == Ending::Released {
             entry.rule = Some(*rng.pick(&["insurer-read", "research-cohort", "payroll-basic"]));
             entry
                 .fields
@@ -495,7 +515,8 @@ fn a_broken_chain_is_shown_as_failed_on_the_page() {
         log_text: &text,
         stats_text: None,
         keys: &keys,
-    });
+    })
+    .unwrap();
     assert!(html.contains("data-status=\"failed\""), "the chain status");
     assert!(html.contains(&format!("Chain verification FAILED: line {}", victim + 1)));
     // Without the key the page says it is not verified, rather than failed.
@@ -505,7 +526,8 @@ fn a_broken_chain_is_shown_as_failed_on_the_page() {
         log_text: &text,
         stats_text: None,
         keys: &[],
-    });
+    })
+    .unwrap();
     assert!(html.contains("data-status=\"unverified\""));
 }
 
@@ -545,7 +567,7 @@ fn the_report_renders_in_a_real_browser() {
         !html.contains("<script"),
         "no JavaScript, and the hostile caller is escaped"
     );
-    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
+    assert!(html.contains("&#60;script&#62;alert(&#39;x&#39;)&#60;/script&#62;"));
     for external in ["src=\"http", "href=\"http", "url(http", "@import"] {
         assert!(!html.contains(external), "{external}");
     }
@@ -650,6 +672,29 @@ fn the_report_renders_in_a_real_browser() {
         "the log has refusals of most codes: {:?}",
         e.codes
     );
+    // How every stream ended, by status, and the withheld answers as a KPI.
+    let outcomes = section_to(&dom, "table-outcomes", "</table>");
+    for ((outcome, status), n) in &e.outcomes {
+        let status = if *status == 0 {
+            "none".to_owned()
+        } else {
+            status.to_string()
+        };
+        let row = format!(
+            ">{outcome}</span></td><td class=\"num\">{status}</td><td class=\"num\">{}</td>",
+            report::num(*n)
+        );
+        assert!(outcomes.contains(&row), "{row} in {outcomes}");
+    }
+    assert_eq!(outcomes.matches("<tr>").count(), e.outcomes.len() + 1);
+    let withheld: u64 = e
+        .outcomes
+        .iter()
+        .filter(|((o, _), _)| *o == "withheld")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(withheld > 0 && e.outcomes.keys().any(|(o, _)| *o == "reset"));
+    assert_eq!(kpi_value(&dom, "withheld"), Some(report::num(withheld)));
     assert!(dom.contains("consentry.decision.allow"));
     assert!(dom.contains("1,900"), "counter values are shown");
 }
@@ -663,9 +708,14 @@ fn kpi_value(dom: &str, id: &str) -> Option<String> {
 }
 
 fn section<'a>(dom: &'a str, id: &str) -> &'a str {
+    section_to(dom, id, "</svg>")
+}
+
+/// The DOM from the element with `id` to `end`.
+fn section_to<'a>(dom: &'a str, id: &str, end: &str) -> &'a str {
     let start = dom.find(&format!("id=\"{id}\"")).unwrap();
-    let end = dom[start..].find("</svg>").unwrap();
-    &dom[start..start + end]
+    let len = dom[start..].find(end).unwrap();
+    &dom[start..start + len]
 }
 
 fn data_counts(s: &str) -> impl Iterator<Item = u64> + '_ {
@@ -674,113 +724,74 @@ fn data_counts(s: &str) -> impl Iterator<Item = u64> + '_ {
         .map(|rest| rest[..rest.find('"').unwrap()].parse::<u64>().unwrap())
 }
 
-fn decode_png(path: &Path) -> (u32, u32, Vec<u8>) {
-    let bytes = std::fs::read(path).unwrap();
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    let channels = info.color_type.samples();
-    assert!(channels >= 3, "a colour screenshot: {:?}", info.color_type);
-    let rgb = buf
-        .chunks_exact(channels)
-        .flat_map(|p| [p[0], p[1], p[2]])
-        .collect();
-    (info.width, info.height, rgb)
-}
-
-/// Debian's `chromium`; installed with apt-get when missing (the test setup runs as
-/// root). The test fails, never skips, without it.
-fn chromium() -> PathBuf {
-    let find = || {
-        ["chromium", "chromium-browser", "google-chrome"]
-            .iter()
-            .find_map(|name| which(name))
-    };
-    if let Some(found) = find() {
-        return found;
-    }
-    let install = Command::new("sh")
-        .args([
-            "-c",
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
-        ])
-        .stdin(Stdio::null())
-        .output();
-    match (install, find()) {
-        (_, Some(found)) => found,
-        (Ok(out), None) => panic!(
-            "Chromium is needed for the report test and could not be installed; run as root: apt-get update && apt-get install -y chromium\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        (Err(e), None) => panic!(
-            "Chromium is needed for the report test; run as root: apt-get update && apt-get install -y chromium ({e})"
-        ),
-    }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Runs headless Chromium with flags that keep it off the network, with a fresh
-/// profile, and kills it if it hangs.
-fn run_browser(browser: &Path, profile: &Path, args: &[&str]) -> Output {
-    let mut child = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1400,1800",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", browser.display()));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
+/// Version 1 records (before `outcome` and `status`) still verify and are counted;
+/// the page says their outcome was not recorded rather than guessing one.
+#[test]
+fn version_1_records_are_shown_as_not_recorded() {
+    let mut old = AuditTrail::new("0a1b2c3d4e5f6071", None);
+    let v1: Vec<String> = (0..3)
+        .map(|i| {
+            old.record(AuditEntry::new(
+                at(START_MS + i * 1000),
+                "0f7cb765-86fc-485c-b1a8-6470c46bf45a",
+                "spiffe://insurer.example/claims",
+                Decision::Allow,
+                None,
+                "rule_matched",
+            ))
         })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
+        .collect();
+    let v1 = crate::report_hostile::reseal(&v1, None, |r| {
+        r.v = 1;
+        if let audit::Body::Decision(d) = &mut r.body {
+            d.outcome = None;
+            d.status = None;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{} did not finish within 120 s", browser.display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    };
+    });
     assert!(
-        output.status.success(),
-        "{} failed: {}",
-        browser.display(),
-        String::from_utf8_lossy(&output.stderr)
+        v1.iter()
+            .all(|l| l.starts_with("{\"v\":1,") && !l.contains("outcome"))
     );
-    output
+    let render = |lines: &[String]| {
+        report::render(&report::Input {
+            log_name: "envoy.log",
+            log_text: &lines.join("\n"),
+            stats_text: None,
+            keys: &[],
+        })
+        .unwrap()
+    };
+
+    let html = render(&v1);
+    assert!(
+        html.contains("data-status=\"verified\""),
+        "v1 records verify"
+    );
+    assert_eq!(kpi_value(&html, "requests").as_deref(), Some("3"));
+    assert!(html.contains("<div class=\"note\">not in v1 records</div>"));
+    assert!(
+        html.contains(">not recorded</span></td><td class=\"num\">–</td><td class=\"num\">3</td>")
+    );
+
+    // Mixed with version 2 records (a plugin upgraded mid-log): both are counted.
+    let mut new = AuditTrail::new("c1d2e3f405a6b7c8", None);
+    let mut entry = AuditEntry::new(
+        at(START_MS + 5000),
+        "1f7cb765-86fc-485c-b1a8-6470c46bf45a",
+        "spiffe://insurer.example/claims",
+        Decision::Allow,
+        Some(Code::UnsafeResponse),
+        "content_type_not_allowed",
+    );
+    entry.ending = Ending::Withheld;
+    entry.status = 502;
+    let mut lines = v1.clone();
+    lines.push(new.record(entry));
+    let html = render(&lines);
+    assert!(html.contains("data-status=\"verified\""));
+    assert_eq!(kpi_value(&html, "withheld").as_deref(), Some("1"));
+    assert!(
+        html.contains(">withheld</span></td><td class=\"num\">502</td><td class=\"num\">1</td>")
+    );
+    assert!(html.contains("Not recorded: 3 version 1 records"));
 }
