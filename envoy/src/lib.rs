@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use tempfile::TempDir;
 
-pub use http::{HttpResponse, send, send_raw, send_with_timeout};
+pub use http::{HttpResponse, send, send_raw, send_raw_concurrently, send_with_timeout};
 pub use template::{placeholders, render, yaml_quote};
 
 /// The template used when none is named.
@@ -50,11 +50,11 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Lines of Envoy's log quoted in errors.
 const LOG_TAIL_LINES: usize = 60;
 
-/// The workspace root (the parent of this crate's directory).
 /// A development pseudonymisation key (`KEY_ID:BASE64URL`), for demos and tests only;
 /// production keys come from the platform's secret store.
 pub const DEV_PSEUDONYM_KEYS: &str = "dev-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
+/// The workspace root (the parent of this crate's directory).
 pub fn project_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     match manifest.parent() {
