@@ -37,4 +37,5 @@ mod rotation;
 mod stats;
 mod support;
 mod tls;
+mod trust;
 mod views;
