@@ -32,6 +32,7 @@ mod audit;
 mod leaks;
 mod limits;
 mod mtls;
+mod proxy_replies;
 mod revocation;
 mod rotation;
 mod stats;

@@ -308,7 +308,8 @@ fn behind_a_load_balancer_a_lockout_follows_the_address_it_appended() {
     }
 }
 
-/// Every configuration that faces clients draws the boundary.
+/// Every configuration that faces clients draws the boundary; every Consentry one also
+/// masks Envoy's own replies (all three mappers, each sparing the plugin's replies).
 #[test]
 fn every_shipped_configuration_draws_the_trust_boundary() {
     let names = consentry_envoy::template_names().unwrap();
@@ -328,6 +329,20 @@ fn every_shipped_configuration_draws_the_trust_boundary() {
         if name.starts_with("consentry") {
             assert!(
                 lines.contains(&format!("xff_num_trusted_hops: {hops}").as_str()),
+                "{name}"
+            );
+            assert!(lines.contains(&"local_reply_config:"), "{name}");
+            let guards = lines
+                .iter()
+                .filter(|l| l.contains("!response.code_details.startsWith('consentry.')"))
+                .count();
+            assert_eq!(guards, 3, "{name}");
+            assert_eq!(
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with("content_type: application/problem+json"))
+                    .count(),
+                3,
                 "{name}"
             );
         } else {
