@@ -16,6 +16,12 @@
 //!   reach a log line, a client or a metric name.
 //! - `views`: each persona's view of the example data, through Envoy, is its golden file
 //!   in `examples/views/` byte for byte.
+//! - `trust`: where the client's address comes from, at the edge and behind a load
+//!   balancer: an `x-forwarded-for` header passes no network rule and escapes no lockout.
+//! - `proxy_replies`: Envoy's own replies (buffer overflows, timeouts, an upstream that
+//!   breaks off or cannot be reached) reach the client masked, without upstream bytes.
+//! - `hygiene`: which headers reach the client and the upstream; method overrides and
+//!   protocol upgrades refused.
 //!
 //! Needs `./envoy/install.sh` (or ENVOY_BIN) and the plugin's release build
 //! (`cargo build -p consentry-filter --target wasm32-wasip1 --release`); without them
@@ -29,6 +35,7 @@
 )]
 
 mod audit;
+mod hygiene;
 mod leaks;
 mod limits;
 mod mtls;
