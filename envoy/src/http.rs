@@ -12,6 +12,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -158,7 +159,7 @@ fn exchange(
     timeout: Duration,
     head_request: Option<bool>,
 ) -> Result<RawResponse> {
-    let mut deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_nodelay(true).ok();
@@ -166,6 +167,43 @@ fn exchange(
     stream
         .write_all(request)
         .with_context(|| format!("writing the request to {addr}"))?;
+    receive(stream, addr, deadline, head_request)
+}
+
+/// Like [`send_raw`], but the request is written from another thread while the answer
+/// is read: for a server that answers before it has read the whole request (413 for a
+/// body over its limit) and then stops reading or closes. A write that fails then is
+/// not an error; what the server answered is. The write side is shut once the whole
+/// response is in.
+pub fn send_raw_concurrently(
+    addr: SocketAddr,
+    request: Vec<u8>,
+    timeout: Duration,
+) -> Result<RawResponse> {
+    let deadline = Instant::now() + timeout;
+    let stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true).ok();
+    let mut writer = stream.try_clone()?;
+    writer.set_write_timeout(Some(timeout))?;
+    let written = thread::Builder::new()
+        .name("http-request-writer".into())
+        .spawn(move || writer.write_all(&request).is_ok())?;
+    let shutter = stream.try_clone()?;
+    let raw = receive(stream, addr, deadline, Some(false));
+    // Unblocks a write the server no longer reads.
+    let _ = shutter.shutdown(Shutdown::Both);
+    let _ = written.join();
+    raw
+}
+
+/// Reads the answer on `stream` until the server closes or `deadline` passes.
+fn receive(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    mut deadline: Instant,
+    head_request: Option<bool>,
+) -> Result<RawResponse> {
     let mut bytes = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     let mut draining = false;

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use tempfile::TempDir;
 
-pub use http::{HttpResponse, send, send_raw, send_with_timeout};
+pub use http::{HttpResponse, send, send_raw, send_raw_concurrently, send_with_timeout};
 pub use template::{placeholders, render, yaml_quote};
 
 /// The template used when none is named.
@@ -49,12 +49,14 @@ const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Lines of Envoy's log quoted in errors.
 const LOG_TAIL_LINES: usize = 60;
+/// A template's `ROUTE_TIMEOUT` unless set: Envoy's own default route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: &str = "15s";
 
-/// The workspace root (the parent of this crate's directory).
 /// A development pseudonymisation key (`KEY_ID:BASE64URL`), for demos and tests only;
 /// production keys come from the platform's secret store.
 pub const DEV_PSEUDONYM_KEYS: &str = "dev-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
 
+/// The workspace root (the parent of this crate's directory).
 pub fn project_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     match manifest.parent() {
@@ -396,6 +398,9 @@ impl EnvoyBuilder {
         }
         if wanted.contains("PSEUDONYM_KEYS") && !self.vars.contains_key("PSEUDONYM_KEYS") {
             vars.insert("PSEUDONYM_KEYS".to_owned(), yaml_quote(DEV_PSEUDONYM_KEYS));
+        }
+        if wanted.contains("ROUTE_TIMEOUT") && !self.vars.contains_key("ROUTE_TIMEOUT") {
+            vars.insert("ROUTE_TIMEOUT".to_owned(), DEFAULT_ROUTE_TIMEOUT.to_owned());
         }
         // A TLS listener's certificates: the development set unless the caller made its own.
         if wanted.contains("TLS_DIR") && !self.vars.contains_key("TLS_DIR") {

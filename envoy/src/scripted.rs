@@ -19,8 +19,9 @@
 //! framing. A reply is sent with the headers it was given; its body goes out in the
 //! pieces it was given, `gap` apart, so the proxy sees them as separate reads: with a
 //! `content-length` header the pieces are written raw, without one the body is sent
-//! chunked (one HTTP chunk per piece). Every read and write is bounded by a timeout.
-//! Only 127.0.0.1 is used.
+//! chunked (one HTTP chunk per piece). A reply can also wait before answering
+//! ([`Reply::delay`]) or break the connection off mid-body ([`Reply::break_off`]).
+//! Every read and write is bounded by a timeout. Only 127.0.0.1 is used.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
@@ -44,6 +45,10 @@ pub struct Reply {
     /// The body in pieces, written `gap` apart.
     pub pieces: Vec<Vec<u8>>,
     pub gap: Duration,
+    /// How long to wait before answering at all.
+    pub delay: Duration,
+    /// Break the connection off after the pieces, the body unfinished.
+    pub break_off: bool,
 }
 
 impl Reply {
@@ -53,6 +58,8 @@ impl Reply {
             headers: Vec::new(),
             pieces: Vec::new(),
             gap: Duration::from_millis(150),
+            delay: Duration::ZERO,
+            break_off: false,
         }
     }
 
@@ -78,6 +85,19 @@ impl Reply {
 
     pub fn gap(mut self, gap: Duration) -> Self {
         self.gap = gap;
+        self
+    }
+
+    /// Waits this long before sending anything (a slow upstream, for timeouts).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Closes the connection after the last piece without finishing the body (no last
+    /// chunk; fewer bytes than a `content-length` says): an upstream that breaks off.
+    pub fn break_off(mut self) -> Self {
+        self.break_off = true;
         self
     }
 
@@ -250,6 +270,10 @@ fn serve(stream: TcpStream, script: &Mutex<Script>, stop: &AtomicBool) -> Result
                 .unwrap_or_else(|| Reply::new(404).header("content-length", "0"))
         };
         write_reply(&mut writer, &reply)?;
+        if reply.break_off {
+            // The caller closes the socket for good once this returns.
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -321,9 +345,11 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Received>> {
 
 fn reason(status: u16) -> &'static str {
     match status {
+        101 => "Switching Protocols",
         200 => "OK",
         201 => "Created",
         204 => "No Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
@@ -335,6 +361,9 @@ fn reason(status: u16) -> &'static str {
 }
 
 fn write_reply(w: &mut TcpStream, reply: &Reply) -> Result<()> {
+    if !reply.delay.is_zero() {
+        thread::sleep(reply.delay);
+    }
     let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
     for (n, v) in &reply.headers {
         head.push_str(&format!("{n}: {v}\r\n"));
@@ -365,7 +394,7 @@ fn write_reply(w: &mut TcpStream, reply: &Reply) -> Result<()> {
         }
         w.flush()?;
     }
-    if chunked {
+    if chunked && !reply.break_off {
         if !reply.pieces.is_empty() && !reply.gap.is_zero() {
             thread::sleep(reply.gap);
         }
@@ -406,8 +435,17 @@ mod tests {
             c.ends_with("transfer-encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"),
             "{c}"
         );
+        up.route(
+            "/cut",
+            Reply::new(200)
+                .pieces(["ab"])
+                .gap(Duration::ZERO)
+                .break_off(),
+        );
+        let cut = raw(b"GET /cut HTTP/1.1\r\nhost: h\r\n\r\n");
+        assert!(cut.ends_with("chunked\r\n\r\n2\r\nab\r\n"), "{cut}");
         let got = up.received();
-        assert_eq!(got.len(), 2);
+        assert_eq!(got.len(), 3);
         assert_eq!(got[0].method, "POST");
         assert_eq!(got[0].path, "/x?q");
         assert_eq!(got[0].body, b"abc");

@@ -980,6 +980,17 @@ fn the_envoyfilter_runs_the_wasm_filter_of_the_envoy_templates() {
         Some(json!(true))
     );
     assert_eq!(template_wasm("consentry-noflag.yaml"), with_flag);
+    // And nothing else differs: the trust boundary, the masked local replies and
+    // the limits are the same.
+    let strip = |name: &str| -> String {
+        let text = read(&workspace_root().join("envoy/configs").join(name));
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter(|l| !l.contains("allow_on_headers_stop_iteration"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip("consentry-noflag.yaml"), strip("consentry.yaml"));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ fn main() -> Result<()> {
     println!("  # revoke the insurer's consent (status list 1, index 0), then ask again (the");
     println!("  # plugin refetches the list within its ttl of 60 s)");
     println!("  curl -s -X PUT --data 1 {service}/admin/statuslists/1/0");
+    println!("  # Envoy's own refusal (an escaped slash) is masked the same way");
+    println!("  curl -s {base}/patients%2Fp-1");
     println!("  # the same record straight from the service, for comparison");
     println!("  curl -s {service}/patients/p-1");
     println!("  # audit records, hash-chained, in Envoy's log; stats at the admin endpoint");

@@ -19,6 +19,12 @@
 //! - `late_commit`: the response modes on hosts with and without
 //!   `allow_on_headers_stop_iteration` (what the deployment manifests in `envoy/deploy/`
 //!   amount to): redacted views, resets for bodies found unsafe late, stalls.
+//! - `trust`: where the client's address comes from, at the edge and behind a load
+//!   balancer: an `x-forwarded-for` header passes no network rule and escapes no lockout.
+//! - `proxy_replies`: Envoy's own replies (buffer overflows, timeouts, an upstream that
+//!   breaks off or cannot be reached) reach the client masked, without upstream bytes.
+//! - `hygiene`: which headers reach the client and the upstream; method overrides and
+//!   protocol upgrades refused.
 //!
 //! Needs `./envoy/install.sh` (or ENVOY_BIN) and the plugin's release build
 //! (`cargo build -p consentry-filter --target wasm32-wasip1 --release`); without them
@@ -32,13 +38,16 @@
 )]
 
 mod audit;
+mod hygiene;
 mod late_commit;
 mod leaks;
 mod limits;
 mod mtls;
+mod proxy_replies;
 mod revocation;
 mod rotation;
 mod stats;
 mod support;
 mod tls;
+mod trust;
 mod views;

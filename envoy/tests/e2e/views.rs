@@ -3,7 +3,9 @@
 //! byte (the body, then one newline), as the harness suite requires of the `.wasm` run
 //! natively. A file is named `<persona>-<patient>.json`; its request is
 //! `GET /patients/<patient>` with the persona's token and
-//! `x-request-id: view-<persona>-<patient>` (so a refusal's body is stable too).
+//! `x-request-id: view-<persona>-<patient>` (so a refusal's body is stable too). At the
+//! edge Envoy replaces a client's `x-request-id` with its own: a refusal must quote
+//! Envoy's, and is compared with the golden file with the client's put back.
 
 use std::time::{Duration, SystemTime};
 
@@ -50,6 +52,21 @@ fn each_personas_view_through_envoy_is_its_golden_file_byte_for_byte() {
             ],
         );
         let mut actual = r.body.clone();
+        let quoted = r
+            .json()
+            .ok()
+            .and_then(|b| b["request_id"].as_str().map(str::to_owned));
+        if let Some(id) = quoted {
+            assert_ne!(id, request_id, "{name}: the client chose the request id");
+            actual = r
+                .text()
+                .replacen(
+                    &format!(r#""request_id":"{id}""#),
+                    &format!(r#""request_id":"{request_id}""#),
+                    1,
+                )
+                .into_bytes();
+        }
         actual.push(b'\n');
         if r.status != expected_status || actual != golden {
             failures.push(format!(

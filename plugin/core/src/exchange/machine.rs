@@ -803,6 +803,16 @@ impl Stream {
             State::Reset | State::Ended => Ending::Reset,
         };
         if !self.recorded {
+            if self.ex.request_id.is_empty() {
+                // A stream whose request this filter never saw: the proxy's own id.
+                self.ex.request_id = cx
+                    .host
+                    .property(&["request", "id"])
+                    .ok()
+                    .flatten()
+                    .and_then(|id| problem::sanitize_request_id(Some(&id)))
+                    .unwrap_or_else(|| fallback_request_id(cx.host, cx.sequence));
+            }
             let _ = self.record(ending, cx);
         }
         self.state = State::Ended;

@@ -63,20 +63,20 @@ impl Plugin {
         host: &mut dyn Host,
     ) -> Result<(), HostError> {
         let o = &ex.outcome;
-        let (ending, status) = match ending {
-            Ending::Released => (audit::Ending::Released, o.status),
-            Ending::Refused => (audit::Ending::Refused, final_status(host)),
-            Ending::Withheld => (audit::Ending::Withheld, final_status(host)),
-            Ending::Reset => (audit::Ending::Reset, 0),
+        let (ending, status, by_proxy) = match ending {
+            Ending::Released => (audit::Ending::Released, o.status, false),
+            Ending::Refused => (audit::Ending::Refused, final_status(host), false),
+            Ending::Withheld => (audit::Ending::Withheld, final_status(host), false),
+            Ending::Reset => (audit::Ending::Reset, 0, false),
             // A stream the plugin never saw a request of: a reply of the proxy's
             // own, or (no status) a client that left before its request came.
             Ending::ProxyReply => match final_status(host) {
-                0 => (audit::Ending::Reset, 0),
-                status => (audit::Ending::ProxyReply, status),
+                0 => (audit::Ending::Reset, 0, false),
+                status => (audit::Ending::ProxyReply, status, true),
             },
             Ending::Unfinished => match final_status(host) {
-                0 => (audit::Ending::Reset, 0),
-                status => (audit::Ending::Withheld, status),
+                0 => (audit::Ending::Reset, 0, false),
+                status => (audit::Ending::Withheld, status, true),
             },
         };
         let mut fields = FieldReport::new();
@@ -100,7 +100,9 @@ impl Plugin {
             (None, None) => "unknown".into(),
         };
         let now = host.now()?;
-        let reason = if o.reason.is_empty() {
+        let reason = if by_proxy {
+            "proxy_reply"
+        } else if o.reason.is_empty() {
             if o.allowed { "allowed" } else { "no_decision" }
         } else {
             o.reason
@@ -110,11 +112,12 @@ impl Plugin {
         } else {
             audit::Decision::Deny
         };
-        // An allowed request whose answer was replaced carries the problem it got.
-        let code = if ending == audit::Ending::Released {
-            None
-        } else {
-            o.code
+        // An allowed request whose answer was replaced carries the problem it got;
+        // one the proxy answered itself, the code its masked reply carries.
+        let code = match ending {
+            audit::Ending::Released => None,
+            _ if by_proxy && status >= 400 => Some(proxy_code(status)),
+            _ => o.code,
         };
         let mut entry = AuditEntry::new(now, &ex.request_id, &caller, decision, code, reason);
         entry.ending = ending;
@@ -194,6 +197,16 @@ fn final_status(host: &mut dyn Host) -> u16 {
         .map(i64::from_le_bytes)
         .and_then(|n| u16::try_from(n).ok())
         .unwrap_or(0)
+}
+
+/// The problem code the proxy's own masked replies carry (the `local_reply_config`
+/// of the shipped Envoy configurations maps them so).
+fn proxy_code(status: u16) -> Code {
+    match status {
+        413 => Code::RequestTooLarge,
+        500.. => Code::UpstreamError,
+        _ => Code::BadRequest,
+    }
 }
 
 /// Counters for what a redaction did.
