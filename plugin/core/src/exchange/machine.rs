@@ -76,7 +76,6 @@ struct RequestSeen {
     body_size: usize,
     /// The body is complete (end of stream, or trailers came).
     ended: bool,
-    trailers: Option<Headers>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,7 +176,10 @@ impl Stream {
                     end_of_stream,
                 },
             ) => self.note_body(size, end_of_stream),
-            (S::Waiting { .. }, E::RequestTrailers(trailers)) => self.note_trailers(trailers),
+            (S::Waiting { .. }, E::RequestTrailers(trailers)) => {
+                self.request.ended = true;
+                self.drop_trailers(&trailers, Flow::Pause, cx)
+            }
             (S::Waiting { .. }, E::Metadata(_)) => Flow::Pause,
             (S::Waiting { .. }, E::ResponseHeaders(head)) => self.mask_proxy_reply(&head, cx),
             (S::Waiting { .. }, E::ResponseBody { .. } | E::ResponseTrailers(_)) => {
@@ -210,8 +212,10 @@ impl Stream {
             }
             (S::HoldingRequest { .. }, E::RequestTrailers(trailers)) => {
                 self.request.ended = true;
-                self.request.trailers = Some(trailers);
-                self.minimise_request(cx)
+                match self.drop_trailers(&trailers, Flow::Continue, cx) {
+                    Flow::Continue => self.minimise_request(cx),
+                    Flow::Pause => Flow::Pause,
+                }
             }
             (S::HoldingRequest { .. }, E::Metadata(_)) => Flow::Pause,
             (S::HoldingRequest { .. }, E::ResponseHeaders(head)) => {
@@ -226,8 +230,9 @@ impl Stream {
             (S::Forwarded, E::RequestHeaders(_)) => {
                 self.withhold(Code::UnsafeResponse, "unexpected_event", cx)
             }
-            (S::Forwarded, E::RequestBody { .. } | E::RequestTrailers(_) | E::Metadata(Req)) => {
-                Flow::Continue
+            (S::Forwarded, E::RequestBody { .. } | E::Metadata(Req)) => Flow::Continue,
+            (S::Forwarded, E::RequestTrailers(trailers)) => {
+                self.drop_trailers(&trailers, Flow::Continue, cx)
             }
             (S::Forwarded, E::Metadata(Resp)) => Flow::Pause,
             (S::Forwarded, E::ResponseHeaders(head)) => self.response_headers(head, cx),
@@ -243,10 +248,10 @@ impl Stream {
             (S::HoldingResponse { .. }, E::RequestHeaders(_) | E::ResponseHeaders(_)) => {
                 self.withhold(Code::UnsafeResponse, "unexpected_event", cx)
             }
-            (
-                S::HoldingResponse { .. },
-                E::RequestBody { .. } | E::RequestTrailers(_) | E::Metadata(Req),
-            ) => Flow::Continue,
+            (S::HoldingResponse { .. }, E::RequestBody { .. } | E::Metadata(Req)) => Flow::Continue,
+            (S::HoldingResponse { .. }, E::RequestTrailers(trailers)) => {
+                self.drop_trailers(&trailers, Flow::Continue, cx)
+            }
             (S::HoldingResponse { .. }, E::Metadata(Resp)) => Flow::Pause,
             (
                 S::HoldingResponse { .. },
@@ -273,10 +278,12 @@ impl Stream {
             (S::HeadersOnly | S::Released, E::RequestHeaders(_) | E::ResponseHeaders(_)) => {
                 self.reset(Code::UnsafeResponse, "unexpected_event", cx)
             }
-            (
-                S::HeadersOnly | S::Released,
-                E::RequestBody { .. } | E::RequestTrailers(_) | E::Metadata(Req),
-            ) => Flow::Continue,
+            (S::HeadersOnly | S::Released, E::RequestBody { .. } | E::Metadata(Req)) => {
+                Flow::Continue
+            }
+            (S::HeadersOnly | S::Released, E::RequestTrailers(trailers)) => {
+                self.drop_trailers(&trailers, Flow::Continue, cx)
+            }
             (S::HeadersOnly | S::Released, E::Metadata(Resp)) => Flow::Pause,
             (S::HeadersOnly | S::Released, E::ResponseBody { size: 0, .. }) => Flow::Continue,
             (S::HeadersOnly | S::Released, E::ResponseBody { .. } | E::ResponseTrailers(_)) => {
@@ -449,10 +456,26 @@ impl Stream {
         Flow::Pause
     }
 
-    fn note_trailers(&mut self, trailers: Headers) -> Flow {
-        self.request.ended = true;
-        self.request.trailers = Some(trailers);
-        Flow::Pause
+    /// Request trailers are headers nobody allow-listed, and could carry forged
+    /// provenance or identity: the upstream gets none. They are removed in their
+    /// own callback, where the host lets their map be written; then the stream
+    /// goes on as `then` says.
+    fn drop_trailers(&mut self, trailers: &Headers, then: Flow, cx: &mut Cx<'_>) -> Flow {
+        let drop = remove_all(trailers);
+        if drop.is_empty()
+            || cx
+                .host
+                .edit_headers(MapKind::RequestTrailers, &drop)
+                .is_ok()
+        {
+            return then;
+        }
+        match self.state {
+            State::Waiting { .. } | State::HoldingRequest { .. } => {
+                self.refuse(Code::DependencyUnavailable, "host_call", Some(1), cx)
+            }
+            _ => self.withhold(Code::UnsafeResponse, "host_call", cx),
+        }
     }
 
     fn hold_request_body(&mut self, size: usize, cx: &mut Cx<'_>) -> Flow {
@@ -503,18 +526,6 @@ impl Stream {
                         .host
                         .edit_headers(MapKind::RequestHeaders, &edits)
                         .is_err())
-            {
-                return self.refuse(Code::DependencyUnavailable, "host_call", Some(1), cx);
-            }
-        }
-        if let Some(trailers) = self.request.trailers.take() {
-            // Trailers are headers nobody allow-listed: the upstream gets none.
-            let drop = remove_all(&trailers);
-            if !drop.is_empty()
-                && cx
-                    .host
-                    .edit_headers(MapKind::RequestTrailers, &drop)
-                    .is_err()
             {
                 return self.refuse(Code::DependencyUnavailable, "host_call", Some(1), cx);
             }

@@ -620,3 +620,46 @@ fn late_commit_minimises_a_request_body_behind_headers_that_left() {
     assert_eq!(s.request_body, br#"{"claim_id":"c-9"}"#);
     assert_eq!(s.edits.len(), 1, "no header edit once they left: {edits:?}");
 }
+
+#[test]
+fn request_trailers_never_reach_the_upstream_whatever_the_route() {
+    // A route that does not minimise its body: the trailers are dropped all the same
+    // (they could carry forged provenance or identity).
+    let mut rig = Rig::new(&config(false));
+    let id = rig.stream();
+    let t = token();
+    assert_eq!(
+        rig.on(id, request("GET", "/patients/p-1", Some(&t), false)),
+        Flow::Continue
+    );
+    let mut trailers = Headers::new();
+    trailers.push("x-consent-id", "forged");
+    trailers.push("x-forwarded-client-cert", "forged");
+    assert_eq!(rig.on(id, Event::RequestTrailers(trailers)), Flow::Continue);
+    let (map, edits) = rig.host.stream(id).edits.last().unwrap().clone();
+    assert_eq!(map, MapKind::RequestTrailers);
+    assert_eq!(
+        edits.remove,
+        vec!["x-consent-id", "x-forwarded-client-cert"]
+    );
+
+    // While the decision waits, they are dropped in their own callback.
+    let mut rig = Rig::new(&config(true));
+    let id = rig.stream();
+    rig.on(id, request("GET", "/patients/p-1", Some(&t), false));
+    let mut trailers = Headers::new();
+    trailers.push("x-consent-grantee", "forged");
+    assert_eq!(rig.on(id, Event::RequestTrailers(trailers)), Flow::Pause);
+    let (map, _) = rig.host.stream(id).edits.last().unwrap().clone();
+    assert_eq!(map, MapKind::RequestTrailers);
+
+    // A host that will not drop them: nothing goes.
+    let mut rig = Rig::new(&config(false));
+    let id = rig.stream();
+    rig.on(id, request("GET", "/patients/p-1", Some(&t), false));
+    rig.host.fail.edit = true;
+    let mut trailers = Headers::new();
+    trailers.push("x-consent-id", "forged");
+    assert_eq!(rig.on(id, Event::RequestTrailers(trailers)), Flow::Pause);
+    assert_eq!(rig.host.stream(id).replies[0].status, 502);
+}
