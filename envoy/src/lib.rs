@@ -20,6 +20,7 @@
 //! killed if the test process dies without dropping it.
 
 pub mod bench;
+pub mod h2;
 pub mod http;
 pub mod process;
 pub mod scripted;

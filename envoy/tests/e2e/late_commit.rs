@@ -127,6 +127,9 @@ struct Host {
     record: Vec<u8>,
     token: String,
     label: String,
+    /// Decision records written before the exchange under way (the edge replaces a
+    /// client's x-request-id, so records are told apart by their order).
+    records_before: std::cell::Cell<usize>,
     _service: RunningService,
 }
 
@@ -168,6 +171,7 @@ fn host(template: &str, mode: Mode) -> Host {
         record,
         token: sign(&claims("insurer")),
         label: format!("{template}, {}", mode.name()),
+        records_before: std::cell::Cell::new(0),
         _service: service,
     }
 }
@@ -176,6 +180,7 @@ impl Host {
     /// The insurer reads `p-1`; the upstream answers `reply`.
     fn read(&self, protocol: Protocol, request_id: &str, reply: Reply) -> Seen {
         self.upstream.set_default(reply);
+        self.records_before.set(decisions(&self.envoy).len());
         let auth = bearer(&self.token);
         protocol.exchange(
             &self.envoy,
@@ -184,13 +189,13 @@ impl Host {
         )
     }
 
-    /// The audit record of `request_id` (waits for it: records are written as the stream
-    /// ends).
+    /// The audit record of the last exchange, `request_id` (waits for it: records are
+    /// written as the stream ends).
     fn record_of(&self, request_id: &str) -> Value {
+        let before = self.records_before.get();
         poll(Duration::from_secs(5), Duration::from_millis(20), || {
-            audit_records(&self.envoy)
-                .into_iter()
-                .find(|r| r["kind"] == "decision" && r["request_id"] == request_id)
+            let all = decisions(&self.envoy);
+            (all.len() > before).then(|| all[before].clone())
         })
         .unwrap_or_else(|| {
             panic!(
@@ -200,6 +205,13 @@ impl Host {
             )
         })
     }
+}
+
+fn decisions(envoy: &RunningEnvoy) -> Vec<Value> {
+    audit_records(envoy)
+        .into_iter()
+        .filter(|r| r["kind"] == "decision")
+        .collect()
 }
 
 /// The insurer's golden view of `p-1` (`examples/views/insurer-p-1.json`, the body then

@@ -14,6 +14,9 @@
 //! - `stats`: the plugin's counters at the admin `/stats`.
 //! - `leaks`: secrets planted everywhere a request or an upstream can put them never
 //!   reach a log line, a client or a metric name.
+//! - `protocols`: the reported bypasses (request trailers while a request is held for a
+//!   fetch, trailers on the minimising route) over HTTP/1.1 with chunked trailers, h2c
+//!   and h2 over TLS, and the key scenarios over HTTP/2.
 //! - `views`: each persona's view of the example data, through Envoy, is its golden file
 //!   in `examples/views/` byte for byte.
 //! - `late_commit`: the response modes on hosts with and without
@@ -43,6 +46,7 @@ mod late_commit;
 mod leaks;
 mod limits;
 mod mtls;
+mod protocols;
 mod proxy_replies;
 mod revocation;
 mod rotation;
