@@ -357,7 +357,7 @@ mod tests {
         assert_eq!(c.grantee.as_deref(), Some("marketing-co"));
         assert_eq!(strs(&c.purposes), ["marketing"]);
         assert_eq!(strs(&c.domains), ["contact"]);
-        assert_eq!(c.status, None);
+        assert_eq!(c.status.unwrap().idx, 4);
     }
 
     #[test]

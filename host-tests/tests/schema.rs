@@ -304,6 +304,14 @@ fn broken() -> Vec<Case> {
         )
         .set("/issuers/0/revocation/status_list/max_bytes", json!(10)),
         case(
+            "a status requirement that is not a boolean",
+            "$.issuers[0].revocation.status_list.require_status_claim",
+        )
+        .set(
+            "/issuers/0/revocation/status_list/require_status_claim",
+            json!("yes"),
+        ),
+        case(
             "an unknown binding member",
             "$.issuers[0].binding.require_mtls",
         )
@@ -957,7 +965,8 @@ fn valid() -> Vec<(String, Value)> {
                 "status_list": {
                     "cluster": "consent_service",
                     "uri_prefix": "https://consent.example.com/statuslists/",
-                    "max_staleness_seconds": 0, "timeout_ms": 1, "max_bytes": 16_777_216
+                    "max_staleness_seconds": 0, "timeout_ms": 1, "max_bytes": 16_777_216,
+                    "require_status_claim": false
                 }
             },
             "binding": {"require_certificate_binding": true, "require_spiffe_grantee": true}
@@ -1092,4 +1101,9 @@ fn the_schema_states_the_plugins_defaults() {
         "remove"
     );
     assert_eq!(d["action"]["default"], "remove");
+    // Revocation is checked unless switched off.
+    assert_eq!(
+        d["statusListSource"]["properties"]["require_status_claim"]["default"],
+        true
+    );
 }

@@ -185,8 +185,6 @@ impl Case {
         let (mut proxy, _service) = start_at(config, self.now);
         let iat = self.now.saturating_add_signed(self.iat);
         let mut claims = crate::support::persona_claims(self.persona, iat, 3600);
-        // Policy cases, not revocation ones: no status list.
-        claims.remove("status");
         let extra: Map<String, Value> = self.claims.as_object().unwrap().clone();
         mint::overlay(&mut claims, &extra);
         let token = sign_dev(&claims);
@@ -749,9 +747,7 @@ fn an_allow_releases_the_consented_domains_up_to_the_rules_sensitivity() {
 #[test]
 fn the_request_is_minimised_for_its_purpose() {
     let (mut proxy, _service) = start_at(example_policy(|_| {}), T0);
-    let token = crate::support::token_with("insurer", T0 - 10, |c| {
-        c.remove("status");
-    });
+    let token = sign_dev(&crate::support::persona_claims("insurer", T0 - 10, 3600));
     let body = r#"{"claim_id":"CLM-1","invoice_ids":["inv-1"],"national_id":"999 401 2284","period":{"from":"2026-01"},"notes":"free text"}"#;
     let search = || {
         Request::post("/echo?from=2026-01-01&to=2026-12-31&debug=1&national_id=999")
@@ -834,9 +830,7 @@ fn the_request_is_minimised_for_its_purpose() {
 #[test]
 fn provenance_sent_by_the_client_is_replaced() {
     let (mut proxy, _service) = start_at(example_policy(|_| {}), T0);
-    let token = crate::support::token_with("insurer", T0 - 10, |c| {
-        c.remove("status");
-    });
+    let token = sign_dev(&crate::support::persona_claims("insurer", T0 - 10, 3600));
     let forged = Request::get("/patients/p-1")
         .bearer(&token)
         .header("x-consent-id", "forged-1")

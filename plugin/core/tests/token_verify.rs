@@ -1023,7 +1023,10 @@ fn authorization_details_are_mapped_and_unknown_types_refused() {
 
 #[test]
 fn a_deny_listed_consent_is_revoked_even_as_a_high_s_twin() {
-    let v = verifier();
+    // Tokens without a status reference, so only the deny-list decides.
+    let mut cfg = issuer_json();
+    cfg["revocation"]["status_list"]["require_status_claim"] = json!(false);
+    let v = verifier_with(cfg);
     let t = es256(&with(claims(), json!({"jti": "consent-revoked"})));
     let twin = malleate(&t);
     assert_ne!(t, twin);
@@ -1243,6 +1246,53 @@ fn status_uris_outside_the_configured_prefix_are_refused() {
         json!({"status": {"status_list": {"idx": -1, "uri": format!("{PREFIX}1")}}}),
     ));
     refused(&verifier(), &t, NOW, TokenError::InvalidClaim);
+}
+
+#[test]
+fn an_issuer_with_a_status_list_refuses_tokens_that_reference_none() {
+    let v = verifier();
+    let mut cache = TokenCache::default();
+    // No `status`, or a `status` with another mechanism than a status list: revocation
+    // could not be checked, so the token is refused, never waved through.
+    for patch in [
+        json!({}),
+        json!({"status": {"other_mechanism": {"idx": 0}}}),
+    ] {
+        let t = es256(&with(claims(), patch.clone()));
+        let consent = v.verify(t.as_bytes(), NOW).unwrap();
+        assert_eq!(consent.status, None);
+        let err = v.check_revocation(&consent, None, NOW).unwrap_err();
+        assert_eq!(err, TokenError::StatusMissing, "{patch}");
+        assert_eq!(err.as_str(), "status_missing");
+        assert_eq!(err.code(), Code::TokenInvalid);
+        assert_no_leak(err);
+        let lists: BTreeMap<String, StatusList> = BTreeMap::new();
+        assert_eq!(
+            v.check(&mut cache, t.as_bytes(), NOW, &lists, &Peer::default())
+                .unwrap_err(),
+            TokenError::StatusMissing
+        );
+    }
+    // The deny-list is still consulted first.
+    let denied = es256(&with(claims(), json!({"jti": "consent-revoked"})));
+    let consent = v.verify(denied.as_bytes(), NOW).unwrap();
+    assert_eq!(
+        v.check_revocation(&consent, None, NOW),
+        Err(TokenError::Revoked)
+    );
+
+    // Only where the configuration says so explicitly is such a token accepted.
+    let mut cfg = issuer_json();
+    cfg["revocation"]["status_list"]["require_status_claim"] = json!(false);
+    let lax = verifier_with(cfg);
+    let t = es256(&claims());
+    let consent = lax.verify(t.as_bytes(), NOW).unwrap();
+    assert_eq!(lax.check_revocation(&consent, None, NOW), Ok(()));
+    // An issuer without a status list has nothing to check against.
+    let mut cfg = issuer_json();
+    cfg["revocation"] = json!({});
+    let none = verifier_with(cfg);
+    assert_eq!(none.check_revocation(&consent, None, NOW), Ok(()));
 }
 
 #[test]

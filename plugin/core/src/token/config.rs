@@ -27,7 +27,8 @@
 //!     "deny_list": ["consent-123"],
 //!     "status_list": {"cluster": "consent_service",
 //!                     "uri_prefix": "https://consent.example.com/statuslists/",
-//!                     "max_staleness_seconds": 300, "timeout_ms": 2000, "max_bytes": 1048576}
+//!                     "max_staleness_seconds": 300, "timeout_ms": 2000, "max_bytes": 1048576,
+//!                     "require_status_claim": true}
 //!   },
 //!   "binding": {"require_certificate_binding": false, "require_spiffe_grantee": false}
 //! }
@@ -204,6 +205,10 @@ pub struct StatusListSource {
     /// Bound on the status-list token and on the decompressed list, in bytes.
     /// Default 1048576, at most 16777216.
     pub max_bytes: usize,
+    /// Refuse a token of this issuer that has no `status.status_list` reference: its
+    /// revocation could not be checked. `false` accepts such tokens unchecked (only the
+    /// deny-list applies to them). Default true.
+    pub require_status_claim: bool,
 }
 
 /// `binding`.
@@ -314,6 +319,8 @@ struct RawStatusList {
     timeout_ms: u64,
     #[serde(default = "default_status_max_bytes")]
     max_bytes: usize,
+    #[serde(default = "default_true")]
+    require_status_claim: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,6 +332,9 @@ struct RawBinding {
     require_spiffe_grantee: bool,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_skew() -> u64 {
     DEFAULT_CLOCK_SKEW_SECONDS
 }
@@ -685,6 +695,7 @@ fn compile_issuer(raw: RawIssuer, at: &str, errors: &mut Vec<IssuerConfigError>)
             max_staleness_seconds: s.max_staleness_seconds,
             timeout_ms: s.timeout_ms,
             max_bytes: s.max_bytes,
+            require_status_claim: s.require_status_claim,
         }
     });
 

@@ -98,6 +98,10 @@ pub enum TokenError {
     StatusUnrecognised,
     /// The token's status index lies beyond the status list.
     StatusIndexOutOfRange,
+    /// The issuer publishes a status list and the token references none
+    /// (`status.status_list` absent), so its revocation cannot be checked. Internally
+    /// distinct from [`TokenError::MissingClaim`] for the audit trail and the counters.
+    StatusMissing,
     /// The token's status-list `uri` is not under the issuer's configured `uri_prefix`, or
     /// the issuer has no status list configured.
     StatusUriNotAllowed,
@@ -207,6 +211,7 @@ impl TokenError {
             | InvalidClaim
             | AudienceMismatch
             | UnknownAuthorizationDetailsType
+            | StatusMissing
             | StatusIndexOutOfRange
             | StatusUriNotAllowed => ErrorClass::Invalid,
         }
@@ -258,6 +263,7 @@ impl TokenError {
             StatusInvalid => "status_invalid",
             Suspended => "suspended",
             StatusUnrecognised => "status_unrecognised",
+            StatusMissing => "status_missing",
             StatusIndexOutOfRange => "status_index_out_of_range",
             StatusUriNotAllowed => "status_uri_not_allowed",
             StatusListUnavailable => "status_list_unavailable",
@@ -308,6 +314,7 @@ impl fmt::Display for TokenError {
             StatusInvalid => "consent status is invalid",
             Suspended => "consent is suspended",
             StatusUnrecognised => "consent status value is not recognised",
+            StatusMissing => "consent token has no status list reference",
             StatusIndexOutOfRange => "consent status index is outside the status list",
             StatusUriNotAllowed => "consent status list location is not allowed",
             StatusListUnavailable => "consent status list is not available",
