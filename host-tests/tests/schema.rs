@@ -312,6 +312,11 @@ fn broken() -> Vec<Case> {
             json!("yes"),
         ),
         case(
+            "an RFC 9068 requirement that is not a boolean",
+            "$.issuers[0].require_rfc9068_claims",
+        )
+        .set("/issuers/0/require_rfc9068_claims", json!(1)),
+        case(
             "an unknown binding member",
             "$.issuers[0].binding.require_mtls",
         )
@@ -945,6 +950,7 @@ fn valid() -> Vec<(String, Value)> {
             "algorithms": ["ES256", "RS256", "PS256", "EdDSA"],
             "audiences": ["https://api.hospital.example", "hospital"],
             "typ": "at+jwt",
+            "require_rfc9068_claims": false,
             "clock_skew_seconds": 600,
             "max_lifetime_seconds": 3600,
             "required_claims": ["iat", "client_id"],
@@ -1101,9 +1107,13 @@ fn the_schema_states_the_plugins_defaults() {
         "remove"
     );
     assert_eq!(d["action"]["default"], "remove");
-    // Revocation is checked unless switched off.
+    // Revocation and RFC 9068's claims are checked unless switched off.
     assert_eq!(
         d["statusListSource"]["properties"]["require_status_claim"]["default"],
+        true
+    );
+    assert_eq!(
+        d["issuer"]["properties"]["require_rfc9068_claims"]["default"],
         true
     );
 }

@@ -69,6 +69,9 @@ struct Case {
     persona: &'static str,
     /// Claims set over the persona's (`null` removes one).
     claims: Value,
+    /// The JOSE `typ`: `at+jwt` (RFC 9068, which requires `client_id` and `iat`), or
+    /// another for a consent outside that profile.
+    typ: &'static str,
     /// `iat` relative to `now` (seconds; negative: in the past).
     iat: i64,
     path: String,
@@ -91,6 +94,7 @@ fn case(name: impl Into<String>) -> Case {
         rules: json!([insurer_rule()]),
         persona: "insurer",
         claims: json!({}),
+        typ: mint::CONSENT_TYP,
         iat: -10,
         path: "/patients/p-1".into(),
         headers: Vec::new(),
@@ -119,6 +123,11 @@ impl Case {
     }
     fn claims(mut self, c: Value) -> Self {
         self.claims = c;
+        self
+    }
+    /// A plain JWT, outside RFC 9068's profile, so `client_id` or `iat` may be absent.
+    fn plain_jwt(mut self) -> Self {
+        self.typ = "JWT";
         self
     }
     fn iat(mut self, offset: i64) -> Self {
@@ -187,7 +196,10 @@ impl Case {
         let mut claims = crate::support::persona_claims(self.persona, iat, 3600);
         let extra: Map<String, Value> = self.claims.as_object().unwrap().clone();
         mint::overlay(&mut claims, &extra);
-        let token = sign_dev(&claims);
+        let token = mint::SigningKey::dev()
+            .unwrap()
+            .sign(self.typ, &Value::Object(claims))
+            .unwrap();
         let mut req = Request::get(&self.path).bearer(&token);
         for (n, v) in &self.headers {
             req = req.header(n, v);
@@ -323,8 +335,10 @@ fn grantees_and_partner_sets() {
         case("a grantee in one of two partner sets")
             .rule(json!({"partners": ["research_labs", "insurers"]})),
         case("a grantee named by azp when client_id is absent")
+            .plain_jwt()
             .claims(json!({"client_id": null, "azp": "insurer-acme"})),
         case("no grantee claim at all")
+            .plain_jwt()
             .claims(json!({"client_id": null}))
             .denied("no_rule_matched"),
         case("a suspended partner, also in an allowed set")
@@ -453,6 +467,7 @@ fn the_consent_age_on_its_edge() {
             .denied("no_rule_matched"),
         case("no iat: the age cannot be known")
             .rule(max)
+            .plain_jwt()
             .claims(json!({"iat": null, "nbf": T0 - 10}))
             .denied("no_rule_matched"),
     ]);

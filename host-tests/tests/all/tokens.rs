@@ -1336,3 +1336,73 @@ fn a_token_without_a_status_reference_is_refused_unless_the_issuer_allows_it() {
     let out = proxy.send(get(&insurer_token(T0)), upstream_record("p-1"));
     assert_problem(&out, Code::ConsentRevoked);
 }
+
+/// A token typed `at+jwt` is a JWT access token (RFC 9068): it must carry every claim
+/// of §2.2, `client_id` and `iat` among them (an `azp` does not stand in for
+/// `client_id`), unless the issuer relaxes the profile.
+#[test]
+fn an_at_jwt_token_needs_every_claim_of_rfc_9068_unless_relaxed() {
+    // The insurer's consent naming its client by `azp` only, and one bounded by `nbf`
+    // instead of `iat`: acceptable outside the profile.
+    let by_azp = || {
+        claims_case(|c| {
+            c.remove("client_id");
+            c.insert("azp".into(), json!("insurer-acme"));
+        })
+    };
+    let by_nbf = || {
+        claims_case(|c| {
+            c.remove("iat");
+            c.insert("nbf".into(), json!(T0 - 10));
+        })
+    };
+    let (mut proxy, _service) = start_at(example_policy(|_| {}), T0);
+    let failures = refuse_all(
+        &mut proxy,
+        vec![
+            bad(
+                "at+jwt without client_id",
+                by_azp(),
+                Code::TokenInvalid,
+                "missing_claim",
+            ),
+            bad(
+                "at+jwt without iat",
+                by_nbf(),
+                Code::TokenInvalid,
+                "missing_claim",
+            ),
+            bad(
+                "at+jwt with a numeric client_id",
+                claims_case(|c| {
+                    c.insert("client_id".into(), json!(7));
+                }),
+                Code::TokenInvalid,
+                "invalid_claim",
+            ),
+        ],
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The profile follows the token's `typ`: a plain JWT is held to the claims every
+    // token needs.
+    let key = mint::SigningKey::dev().unwrap();
+    let mut claims = claims_at(T0);
+    claims.remove("client_id");
+    claims.insert("azp".into(), json!("insurer-acme"));
+    let jwt = key.sign("JWT", &Value::Object(claims)).unwrap();
+    let out = proxy.send(get(&jwt), upstream_record("p-1"));
+    assert_eq!(verdict(&out), (200, String::new()), "{:#?}", out.trace);
+
+    let relaxed = example_policy(|p| p["issuers"][0]["require_rfc9068_claims"] = json!(false));
+    let (mut proxy, _service) = start_at(relaxed, T0);
+    for (what, token) in [("by azp", by_azp()), ("by nbf", by_nbf())] {
+        let out = proxy.send(get(&token), upstream_record("p-1"));
+        assert_eq!(
+            verdict(&out),
+            (200, String::new()),
+            "{what}: {:#?}",
+            out.trace
+        );
+    }
+}

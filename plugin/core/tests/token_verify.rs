@@ -294,6 +294,62 @@ fn typ_compares_case_insensitively_with_the_optional_application_prefix() {
     refused(&lax, &sl, NOW, TokenError::WrongType);
 }
 
+/// The claims of RFC 9068 §2.2 that not every token needs.
+const ACCESS_TOKEN_ONLY: [&str; 2] = ["client_id", "iat"];
+
+#[test]
+fn an_at_jwt_token_must_have_every_claim_of_rfc_9068() {
+    let v = verifier();
+    let at = |typ: &str, claims: &Value| {
+        sign_json(
+            Key::EsA,
+            JAlg::ES256,
+            &json!({"alg": "ES256", "kid": "es256-a", "typ": typ}),
+            claims,
+        )
+    };
+    // `nbf` keeps the lifetime bounded without `iat`, so only the profile refuses.
+    let base = with(claims(), json!({"nbf": NOW - 10}));
+    for name in ACCESS_TOKEN_ONLY {
+        let lacking = with(base.clone(), json!({ name: null }));
+        for typ in ["at+jwt", "application/at+jwt", "AT+JWT"] {
+            refused(&v, &at(typ, &lacking), NOW, TokenError::MissingClaim);
+        }
+    }
+    for bad in [json!(7), json!(""), json!(["insurer"])] {
+        let t = at("at+jwt", &with(base.clone(), json!({ "client_id": bad })));
+        refused(&v, &t, NOW, TokenError::InvalidClaim);
+    }
+
+    // Relaxed, the same tokens pass; the claims every token needs are still required.
+    let lax = verifier_with(with(
+        issuer_json(),
+        json!({"require_rfc9068_claims": false}),
+    ));
+    for name in ACCESS_TOKEN_ONLY {
+        let lacking = with(base.clone(), json!({ name: null }));
+        assert!(
+            lax.verify(at("at+jwt", &lacking).as_bytes(), NOW).is_ok(),
+            "{name}"
+        );
+    }
+    let no_sub = with(base.clone(), json!({"sub": null}));
+    refused(&lax, &at("at+jwt", &no_sub), NOW, TokenError::MissingClaim);
+
+    // The profile is the token's `typ`, not the issuer's: another type is held only to
+    // the claims every token needs.
+    let untyped = verifier_with(with(issuer_json(), json!({"typ": null})));
+    let lacking = with(base.clone(), json!({"client_id": null, "iat": null}));
+    let jwt = at("JWT", &lacking);
+    assert!(untyped.verify(jwt.as_bytes(), NOW).is_ok());
+    refused(
+        &untyped,
+        &at("at+jwt", &lacking),
+        NOW,
+        TokenError::MissingClaim,
+    );
+}
+
 #[test]
 fn a_token_without_kid_is_tried_against_the_keys_that_fit_its_alg() {
     let v = verifier();
@@ -906,13 +962,18 @@ fn the_lifetime_is_bounded() {
         json!({"iat": NOW - 100, "exp": NOW - 100 + 3601}),
     ));
     refused(&v, &long, NOW, TokenError::LifetimeTooLong);
+    // Without `iat` (allowed only outside RFC 9068's profile), `nbf` bounds the lifetime.
+    let lax = verifier_with(with(
+        issuer_json(),
+        json!({"require_rfc9068_claims": false}),
+    ));
     let by_nbf = es256(&with(
         claims(),
         json!({"iat": null, "nbf": NOW - 100, "exp": NOW - 100 + 3601}),
     ));
-    refused(&v, &by_nbf, NOW, TokenError::LifetimeTooLong);
+    refused(&lax, &by_nbf, NOW, TokenError::LifetimeTooLong);
     let unbounded = es256(&with(claims(), json!({"iat": null})));
-    refused(&v, &unbounded, NOW, TokenError::MissingClaim);
+    refused(&lax, &unbounded, NOW, TokenError::MissingClaim);
     let backwards = es256(&with(claims(), json!({"iat": NOW + 10, "exp": NOW + 5})));
     refused(&v, &backwards, NOW, TokenError::InvalidClaim);
     refused(

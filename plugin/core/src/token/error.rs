@@ -76,8 +76,9 @@ pub enum TokenError {
     IssuedInFuture,
     /// `exp` minus `iat` (or `nbf`) exceeds the configured maximum lifetime.
     LifetimeTooLong,
-    /// A required claim is absent (always: `iss`, `exp`, `aud`, `sub`, `jti`; plus the
-    /// configured `required_claims` and the consent mapping's claims).
+    /// A required claim is absent (always: `iss`, `exp`, `aud`, `sub`, `jti`; `client_id`
+    /// and `iat` too in an `at+jwt` token (RFC 9068 §2.2) unless the issuer relaxes it;
+    /// plus the configured `required_claims` and the consent mapping's claims).
     MissingClaim,
     /// A claim has the wrong type or shape (a non-numeric `exp`, an `aud` array holding a
     /// number, a malformed `status`, `cnf` or `authorization_details` entry).

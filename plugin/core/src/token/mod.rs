@@ -34,6 +34,9 @@
 //! - **Revocation is never skipped silently**: from an issuer with a status list, a token
 //!   that references none is refused ([`TokenError::StatusMissing`]) unless the issuer's
 //!   `require_status_claim` is off.
+//! - **The token's `typ` picks its profile**: an `at+jwt` token must carry every claim of
+//!   RFC 9068 §2.2 ([`claims::RFC9068_REQUIRED`]) unless the issuer's
+//!   `require_rfc9068_claims` is off.
 
 pub mod alg;
 pub mod binding;
@@ -243,7 +246,8 @@ impl Verifier {
             return Err(TokenError::WrongType);
         }
         verify_with(&parsed, alg, &state.keys)?;
-        claims::validate(parsed.claims, issuer, now)
+        let access_token = typ.is_some_and(|t| media_type_eq(t, claims::ACCESS_TOKEN_TYP));
+        claims::validate(parsed.claims, issuer, now, access_token)
     }
 
     /// [`Verifier::verify`] through a cache keyed by the token's SHA-256.
