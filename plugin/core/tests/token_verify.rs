@@ -1667,8 +1667,9 @@ fn every_refusal_maps_to_one_masked_class() {
         (Expired, 401),
         (Revoked, 403),
         (Suspended, 403),
-        (Unbound, 403),
-        (GranteeMismatch, 403),
+        (Unbound, 401),
+        (GranteeMismatch, 401),
+        (StatusMissing, 401),
         (KeysUnavailable, 503),
         (StatusListUnavailable, 503),
     ] {
@@ -1677,6 +1678,8 @@ fn every_refusal_maps_to_one_masked_class() {
     }
     assert_eq!(Missing.code(), Code::TokenMissing);
     assert_eq!(UnknownKid.code(), Code::TokenInvalid);
+    assert_eq!(StatusMissing.code(), Code::TokenInvalid);
+    assert_eq!(Unbound.code(), Code::TokenUnbound);
 }
 
 #[test]

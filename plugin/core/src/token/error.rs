@@ -144,7 +144,8 @@ pub enum ErrorClass {
     Revoked,
     /// 403: the consent is suspended by its issuer.
     Suspended,
-    /// 403: the token is bound to another client (or must be bound and is not).
+    /// 401: the token is bound to another client (or must be bound and is not), RFC 8705
+    /// §3's `invalid_token`.
     Unbound,
     /// 503: keys or the status list are unknown, so no decision can be made.
     Unavailable,
@@ -154,8 +155,11 @@ impl ErrorClass {
     /// The HTTP status the class is answered with.
     pub fn status(self) -> u16 {
         match self {
-            ErrorClass::Missing | ErrorClass::Invalid | ErrorClass::Expired => 401,
-            ErrorClass::Revoked | ErrorClass::Suspended | ErrorClass::Unbound => 403,
+            ErrorClass::Missing
+            | ErrorClass::Invalid
+            | ErrorClass::Expired
+            | ErrorClass::Unbound => 401,
+            ErrorClass::Revoked | ErrorClass::Suspended => 403,
             ErrorClass::Unavailable => 503,
         }
     }

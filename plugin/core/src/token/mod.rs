@@ -37,6 +37,8 @@
 //! - **The token's `typ` picks its profile**: an `at+jwt` token must carry every claim of
 //!   RFC 9068 §2.2 ([`claims::RFC9068_REQUIRED`]) unless the issuer's
 //!   `require_rfc9068_claims` is off.
+//! - **An unbound presentation is an invalid token** (RFC 8705 §3): 401 with
+//!   `error="invalid_token"`, like any other, never 403.
 
 pub mod alg;
 pub mod binding;
