@@ -13,6 +13,11 @@
 //!    otherwise a string: `--claim sub=p-3`, `--claim purpose='["research"]'`,
 //!    `--claim status=null`).
 //!
+//! `--status-list ID` mints the issuer's status list `ID` instead (all entries valid but
+//! those set with `--status IDX=VALUE`), for the `callouts` of a replay: the personas'
+//! tokens reference list `1`, and an issuer with a status list refuses a token without
+//! a reference.
+//!
 //! ```no_run
 //! let token = consentry_host::mint::persona_token("insurer", std::time::SystemTime::now())?;
 //! # Ok::<(), anyhow::Error>(())
@@ -118,7 +123,20 @@ pub struct MintArgs {
     /// The JOSE header `typ`.
     #[arg(long, default_value = CONSENT_TYP)]
     pub typ: String,
+    /// Sign a status-list token (`statuslist+jwt`) instead: list ID of the personas'
+    /// issuer (`<issuer>/statuslists/ID`), 1024 entries of 2 bits, `ttl` = --ttl.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["persona", "claims", "claim"])]
+    pub status_list: Option<String>,
+    /// With --status-list: entry IDX gets VALUE (0 valid, the default; 1 revoked;
+    /// 2 suspended). Repeatable.
+    #[arg(long = "status", value_name = "IDX=VALUE", requires = "status_list")]
+    pub status: Vec<String>,
 }
+
+/// Entries of a status list minted by `--status-list`, as the example service makes them.
+const STATUS_LIST_LEN: usize = 1024;
+/// Bits per entry of a status list minted by `--status-list`.
+const STATUS_BITS: u8 = 2;
 
 impl MintArgs {
     /// The claims the token will carry.
@@ -131,14 +149,7 @@ impl MintArgs {
             }
             None => Personas::builtin()?,
         };
-        let now = match &self.now {
-            Some(text) => parse_now(text)?,
-            None => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .context("time before 1970")?
-                .as_secs(),
-        };
-        let mut claims = personas.claims(self.persona.as_deref(), now, self.ttl)?;
+        let mut claims = personas.claims(self.persona.as_deref(), self.now()?, self.ttl)?;
         if let Some(path) = &self.claims {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
@@ -156,9 +167,60 @@ impl MintArgs {
         Ok(Value::Object(claims))
     }
 
+    /// `--now`, or the current time, in unix seconds.
+    fn now(&self) -> Result<u64> {
+        match &self.now {
+            Some(text) => parse_now(text),
+            None => Ok(SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .context("time before 1970")?
+                .as_secs()),
+        }
+    }
+
+    /// The personas file's issuer.
+    fn issuer(&self) -> Result<String> {
+        Ok(match &self.personas {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Personas::from_json(&text)
+                    .with_context(|| format!("{}", path.display()))?
+                    .issuer
+            }
+            None => Personas::builtin()?.issuer,
+        })
+    }
+
+    /// The status-list token of `--status-list ID`.
+    fn status_list_token(&self, id: &str, key: &SigningKey) -> Result<String> {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            || id.contains("..")
+        {
+            bail!("--status-list {id:?}: expected a list id such as 1 (letters, digits, - _ .)");
+        }
+        let mut statuses = [0u8; STATUS_LIST_LEN];
+        for arg in &self.status {
+            let parsed = arg
+                .split_once('=')
+                .and_then(|(i, v)| Some((i.parse::<usize>().ok()?, v.parse::<u8>().ok()?)));
+            let entry = parsed
+                .filter(|(_, v)| *v < 1 << STATUS_BITS)
+                .and_then(|(i, v)| Some((statuses.get_mut(i)?, v)));
+            let Some((entry, value)) = entry else {
+                bail!("--status {arg:?}: expected IDX=VALUE, IDX below 1024, VALUE 0 to 3");
+            };
+            *entry = value;
+        }
+        let uri = format!("{}/statuslists/{id}", self.issuer()?.trim_end_matches('/'));
+        Ok(key.status_list_token(&statuses, STATUS_BITS, &uri, self.now()?, self.ttl)?)
+    }
+
     /// The signed token.
     pub fn run(&self) -> Result<String> {
-        let claims = self.claims()?;
         let key = match &self.key {
             Some(path) => {
                 let pem =
@@ -172,7 +234,10 @@ impl MintArgs {
                 self.alg,
             )?,
         };
-        Ok(key.sign(&self.typ, &claims)?)
+        if let Some(id) = &self.status_list {
+            return self.status_list_token(id, &key);
+        }
+        Ok(key.sign(&self.typ, &self.claims()?)?)
     }
 }
 
@@ -292,7 +357,7 @@ mod tests {
         assert_eq!(c.grantee.as_deref(), Some("marketing-co"));
         assert_eq!(strs(&c.purposes), ["marketing"]);
         assert_eq!(strs(&c.domains), ["contact"]);
-        assert_eq!(c.status, None);
+        assert_eq!(c.status.unwrap().idx, 4);
     }
 
     #[test]
@@ -490,6 +555,54 @@ mod tests {
         verifier_with(&["EdDSA"], ED25519_JWKS)
             .verify(args.run().unwrap().as_bytes(), NOW)
             .unwrap();
+    }
+
+    #[test]
+    fn a_status_list_minted_here_decides_the_personas_tokens() {
+        let v = verifier();
+        let args = cli(&[
+            "--status-list",
+            "1",
+            "--status",
+            "0=1",
+            "--status",
+            "2=2",
+            "--now",
+            &NOW.to_string(),
+            "--ttl",
+            "600",
+        ]);
+        let uri = format!("{STATUS_LIST_PREFIX}1");
+        let list = v
+            .load_status_list(ISSUER, &uri, args.run().unwrap().as_bytes(), NOW)
+            .unwrap();
+        assert_eq!(list.fresh_until(), NOW + 600);
+        for (persona, expected) in [
+            ("insurer", Err(TokenError::StatusInvalid)),
+            ("research-lab", Ok(())),
+            ("patient", Err(TokenError::Suspended)),
+        ] {
+            let c = verify(&persona_token(persona, at(NOW)).unwrap());
+            assert_eq!(
+                v.check_revocation(&c, Some(&list), NOW),
+                expected,
+                "{persona}"
+            );
+        }
+
+        for bad in [
+            vec!["--status-list", "../1"],
+            vec!["--status-list", ""],
+            vec!["--status-list", "1", "--status", "1024=1"],
+            vec!["--status-list", "1", "--status", "0=4"],
+            vec!["--status-list", "1", "--status", "0"],
+        ] {
+            assert!(cli(&bad).run().is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["mint", "--status", "0=1"]).is_err());
+        assert!(
+            Cli::try_parse_from(["mint", "--status-list", "1", "--persona", "insurer"]).is_err()
+        );
     }
 
     #[test]

@@ -306,6 +306,19 @@ fn broken() -> Vec<Case> {
         )
         .set("/issuers/0/revocation/status_list/max_bytes", json!(10)),
         case(
+            "a status requirement that is not a boolean",
+            "$.issuers[0].revocation.status_list.require_status_claim",
+        )
+        .set(
+            "/issuers/0/revocation/status_list/require_status_claim",
+            json!("yes"),
+        ),
+        case(
+            "an RFC 9068 requirement that is not a boolean",
+            "$.issuers[0].require_rfc9068_claims",
+        )
+        .set("/issuers/0/require_rfc9068_claims", json!(1)),
+        case(
             "an unknown binding member",
             "$.issuers[0].binding.require_mtls",
         )
@@ -945,6 +958,7 @@ fn valid() -> Vec<(String, Value)> {
             "algorithms": ["ES256", "RS256", "PS256", "EdDSA"],
             "audiences": ["https://api.hospital.example", "hospital"],
             "typ": "at+jwt",
+            "require_rfc9068_claims": false,
             "clock_skew_seconds": 600,
             "max_lifetime_seconds": 3600,
             "required_claims": ["iat", "client_id"],
@@ -965,7 +979,8 @@ fn valid() -> Vec<(String, Value)> {
                 "status_list": {
                     "cluster": "consent_service",
                     "uri_prefix": "https://consent.example.com/statuslists/",
-                    "max_staleness_seconds": 0, "timeout_ms": 1, "max_bytes": 16_777_216
+                    "max_staleness_seconds": 0, "timeout_ms": 1, "max_bytes": 16_777_216,
+                    "require_status_claim": false
                 }
             },
             "binding": {"require_certificate_binding": true, "require_spiffe_grantee": true}
@@ -1100,4 +1115,13 @@ fn the_schema_states_the_plugins_defaults() {
         "remove"
     );
     assert_eq!(d["action"]["default"], "remove");
+    // Revocation and RFC 9068's claims are checked unless switched off.
+    assert_eq!(
+        d["statusListSource"]["properties"]["require_status_claim"]["default"],
+        true
+    );
+    assert_eq!(
+        d["issuer"]["properties"]["require_rfc9068_claims"]["default"],
+        true
+    );
 }

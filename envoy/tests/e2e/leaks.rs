@@ -422,7 +422,7 @@ fn cases(s: &mut Secrets) -> Vec<Case> {
             h(&[auth(&bound)]),
             None,
             record_reply(),
-            403,
+            401,
             Some("token_unbound"),
         ),
         case(

@@ -145,3 +145,42 @@ fn a_status_list_refetch_started_by_a_refused_request_completes() {
         "consent_revoked",
     );
 }
+
+/// An issuer that publishes status lists vouches for a consent's status only through
+/// one: a token that references none is refused (401 `token_invalid`, its reason
+/// `status_missing` in the audit trail and the counters), not waved through. Only an
+/// issuer configured with `require_status_claim: false` accepts it.
+#[test]
+fn a_token_without_a_status_reference_is_refused_unless_its_issuer_allows_it() {
+    let _watchdog = watchdog("no status reference", Duration::from_secs(60));
+    const LAX_ISSUER: &str = "https://lax.consent.example.com";
+    let mut policy = example_policy();
+    let mut lax = policy["issuers"][0].clone();
+    lax["issuer"] = LAX_ISSUER.into();
+    lax["revocation"]["status_list"]["require_status_claim"] = false.into();
+    policy["issuers"].as_array_mut().unwrap().push(lax);
+    let service = example_service(60);
+    let envoy = start(envoy_for(&service, &policy));
+
+    let mut unlisted = claims("insurer");
+    unlisted.remove("status");
+    let r = get_with(&envoy, "/patients/p-1", &sign(&unlisted));
+    assert_problem(&r, 401, "token_invalid");
+    assert!(!r.text().contains("Whitcombe"), "{}", r.text());
+    let record = wait_for_decisions(&envoy, 1).pop().unwrap();
+    assert_eq!(
+        (record["code"].as_str(), record["reason"].as_str()),
+        (Some("token_invalid"), Some("status_missing")),
+        "{record}"
+    );
+    assert_eq!(counter(&envoy, "token.refused.status_missing"), 1);
+    assert_eq!(counter(&envoy, "fetch.status_list.started"), 0);
+
+    // The same consent with its reference passes; from the lax issuer, without one too.
+    let r = get_with(&envoy, "/patients/p-1", &sign(&claims("insurer")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    unlisted.insert("iss".into(), LAX_ISSUER.into());
+    let r = get_with(&envoy, "/patients/p-1", &sign(&unlisted));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(counter(&envoy, "token.refused.status_missing"), 1);
+}

@@ -163,6 +163,21 @@ pub fn assert_problem(response: &HttpResponse, status: u16, code: &str) -> Value
     let body = response.json().unwrap();
     assert_eq!(body["status"], u64::from(status), "{body}");
     assert_eq!(body["code"], code, "{body}");
+    // RFC 6750 §3: every 401 challenges, and a token that was sent and refused, for
+    // whatever reason, is an `invalid_token`.
+    if status == 401 {
+        let challenge = if code == "token_missing" {
+            "Bearer"
+        } else {
+            "Bearer error=\"invalid_token\""
+        };
+        assert_eq!(
+            response.header("www-authenticate"),
+            Some(challenge),
+            "{code}: {:?}",
+            response.headers
+        );
+    }
     body
 }
 

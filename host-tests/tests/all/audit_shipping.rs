@@ -101,8 +101,7 @@ fn start(config: String, collector: &Collector) -> Proxy {
 
 /// One allowed request (one decision record).
 fn decide(proxy: &mut Proxy) {
-    let mut c = persona_claims("insurer", T0 - 10, 3600);
-    c.remove("status");
+    let c = persona_claims("insurer", T0 - 10, 3600);
     let out = proxy.send(
         Request::get("/patients/p-1").bearer(&sign_dev(&c)),
         upstream_record("p-1"),

@@ -447,15 +447,7 @@ fn explain_gives_the_decision_rule_reason_and_field_plan() {
 
 #[test]
 fn mint_makes_tokens_the_plugin_accepts() {
-    let out = consentry(&[
-        "mint",
-        "--persona",
-        "insurer",
-        "--claim",
-        "status=null",
-        "--now",
-        NOW,
-    ]);
+    let out = consentry(&["mint", "--persona", "insurer", "--now", NOW]);
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     let token = stdout(&out).trim().to_owned();
     assert_eq!(token.split('.').count(), 3);
@@ -470,8 +462,6 @@ fn mint_makes_tokens_the_plugin_accepts() {
         "mint",
         "--persona",
         "insurer",
-        "--claim",
-        "status=null",
         "--claim",
         "sub=p-2",
         "--now",
@@ -488,8 +478,6 @@ fn mint_makes_tokens_the_plugin_accepts() {
         "mint",
         "--persona",
         "insurer",
-        "--claim",
-        "status=null",
         "--ttl",
         "60",
         "--now",
@@ -511,8 +499,6 @@ fn mint_makes_tokens_the_plugin_accepts() {
         mint::ED25519_KID,
         "--persona",
         "insurer",
-        "--claim",
-        "status=null",
         "--now",
         NOW,
     ]);
@@ -537,4 +523,43 @@ fn mint_makes_tokens_the_plugin_accepts() {
     let out = consentry(&["mint", "--persona", "nobody"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("insurer"), "{}", shown(&out));
+}
+
+/// The example issuer publishes status lists, so its consent tokens reference one and
+/// a replay must answer the plugin's call for it: `mint --status-list` makes that
+/// answer, with the statuses given.
+#[test]
+fn a_minted_status_list_answers_the_replays_call_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dev_env_arg();
+    let minted = |args: &[&str]| {
+        let out = consentry(args);
+        assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+        stdout(&out).trim().to_owned()
+    };
+    let token = minted(&["mint", "--persona", "insurer", "--now", NOW]);
+    for (statuses, expected) in [
+        (&[][..], (200, None)),
+        (&["--status", "0=1"][..], (403, Some("consent_revoked"))),
+        (&["--status", "0=2"][..], (403, Some("consent_suspended"))),
+    ] {
+        let mut args = vec!["mint", "--status-list", "1", "--now", NOW];
+        args.extend_from_slice(statuses);
+        let list = minted(&args);
+        let file = request_file(dir.path(), Some(&token));
+        let mut exchange: Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        exchange["callouts"]["consent.example.com/statuslists/1"]["body"] = json!(list);
+        std::fs::write(&file, exchange.to_string()).unwrap();
+        let out = consentry(&["replay", "policies/example.json", arg(&file), "--env", &env]);
+        assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+        let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let body: Value = serde_json::from_str(r["client"]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            (r["client"]["status"].as_u64(), body["code"].as_str()),
+            (Some(expected.0), expected.1),
+            "{statuses:?}: {}",
+            r["client"]
+        );
+    }
 }

@@ -16,13 +16,9 @@ use crate::support::{
     stored_record, upstream_record, verdict,
 };
 
-/// The insurer's consent, without a status-list reference unless `status` says so.
-fn insurer(status: bool) -> String {
-    let mut c = persona_claims("insurer", T0 - 10, 3600);
-    if !status {
-        c.remove("status");
-    }
-    sign_dev(&c)
+/// The insurer's consent (its status list answered by the consent service).
+fn insurer() -> String {
+    sign_dev(&persona_claims("insurer", T0 - 10, 3600))
 }
 
 /// The insurer reading p-1.
@@ -58,12 +54,11 @@ fn produce(code: Code) -> Outcome {
         Code::TokenMissing => plain().send(Request::get("/patients/p-1"), upstream_record("p-1")),
         Code::TokenInvalid => plain().send(read("not.a.token"), upstream_record("p-1")),
         Code::TokenExpired => {
-            let mut c = persona_claims("insurer", T0 - 7200, 3600);
-            c.remove("status");
+            let c = persona_claims("insurer", T0 - 7200, 3600);
             plain().send(read(&sign_dev(&c)), upstream_record("p-1"))
         }
         Code::TokenAmbiguous => {
-            let t = insurer(false);
+            let t = insurer();
             plain().send(
                 Request::get(&format!("/patients/p-1?access_token={t}")).bearer(&t),
                 upstream_record("p-1"),
@@ -75,16 +70,15 @@ fn produce(code: Code) -> Outcome {
             });
             start_at(config, T0)
                 .0
-                .send(read(&insurer(false)), upstream_record("p-1"))
+                .send(read(&insurer()), upstream_record("p-1"))
         }
         Code::ConsentSuspended => {
             let (mut proxy, service) = start_at(example_policy(|_| {}), T0);
             service.set_status("1", 0, 2);
-            proxy.send(read(&insurer(true)), upstream_record("p-1"))
+            proxy.send(read(&insurer()), upstream_record("p-1"))
         }
         Code::TokenUnbound => {
             let mut c = persona_claims("insurer", T0 - 10, 3600);
-            c.remove("status");
             c.insert(
                 "cnf".into(),
                 json!({"x5t#S256": crate::support::b64url(&[0xab; 32])}),
@@ -92,12 +86,11 @@ fn produce(code: Code) -> Outcome {
             plain().send(read(&sign_dev(&c)), upstream_record("p-1"))
         }
         Code::AccessDenied => plain().send(
-            Request::get("/patients/p-2").bearer(&insurer(false)),
+            Request::get("/patients/p-2").bearer(&insurer()),
             upstream_record("p-2"),
         ),
         Code::BadRequest => {
             let mut c = persona_claims("insurer", T0 - 10, 3600);
-            c.remove("status");
             c.insert("purpose".into(), json!(["claims", "research"]));
             plain().send(read(&sign_dev(&c)), upstream_record("p-1"))
         }
@@ -106,7 +99,7 @@ fn produce(code: Code) -> Outcome {
             let body = format!(r#"{{"claim_id":"CLM-1","notes":"{}"}}"#, "x".repeat(2000));
             start_at(config, T0).0.send(
                 Request::post("/echo")
-                    .bearer(&insurer(false))
+                    .bearer(&insurer())
                     .header("content-type", "application/json")
                     .body(body),
                 Response::json(200, "{}"),
@@ -117,7 +110,7 @@ fn produce(code: Code) -> Outcome {
                 p["rate_limits"] = json!({"caller": {"requests": 1, "seconds": 60, "burst": 1}});
             });
             let mut proxy = start_at(config, T0).0;
-            let t = insurer(false);
+            let t = insurer();
             assert_eq!(
                 proxy.send(read(&t), upstream_record("p-1")).client.status,
                 200
@@ -137,20 +130,19 @@ fn produce(code: Code) -> Outcome {
                     .status,
                 401
             );
-            proxy.send(read(&insurer(false)), upstream_record("p-1"))
+            proxy.send(read(&insurer()), upstream_record("p-1"))
         }
-        Code::UpstreamError => plain().send(
-            read(&insurer(false)),
-            leaky(Response::json(500, LEAKY_ERROR)),
-        ),
+        Code::UpstreamError => {
+            plain().send(read(&insurer()), leaky(Response::json(500, LEAKY_ERROR)))
+        }
         Code::UnsafeResponse => plain().send(
-            read(&insurer(false)),
+            read(&insurer()),
             leaky(Response::json(200, stored_record("p-1")).header("content-encoding", "br")),
         ),
         Code::DependencyUnavailable => {
             let (mut proxy, service) = start_at(example_policy(|_| {}), T0);
             service.set_down(true);
-            proxy.send(read(&insurer(true)), upstream_record("p-1"))
+            proxy.send(read(&insurer()), upstream_record("p-1"))
         }
         other => panic!("no scenario produces {other:?}: add one"),
     }
@@ -229,7 +221,7 @@ fn the_request_id_is_the_proxys_when_safe_and_fresh_otherwise() {
 #[test]
 fn upstream_headers_that_describe_the_upstream_never_reach_the_client() {
     let (mut proxy, _service) = start_at(example_policy(|_| {}), T0);
-    let t = insurer(false);
+    let t = insurer();
     let ok = proxy.send(read(&t), leaky(upstream_record("p-1")));
     assert_eq!(ok.client.status, 200, "{:#?}", ok.trace);
     assert_eq!(ok.client.header("server"), Some("envoy"));
@@ -273,7 +265,7 @@ fn upstream_headers_that_describe_the_upstream_never_reach_the_client() {
 /// The insurer reads p-1 and the upstream answers `response`: returns the outcome,
 /// checked to be a withheld response that released nothing of the upstream's.
 fn withheld(proxy: &mut Proxy, what: &str, response: Response, why: &str) -> Option<String> {
-    let out = proxy.send(read(&insurer(false)), leaky(response));
+    let out = proxy.send(read(&insurer()), leaky(response));
     if verdict(&out) != (502, "unsafe_response".to_owned()) || reason(&out) != why {
         return Some(format!(
             "{what}: got {:?} for {:?}, expected unsafe_response for {why:?}",
@@ -415,7 +407,7 @@ fn every_unredactable_answer_is_withheld_whole() {
     // On the edges, the same answers pass: identity encoding, a parameter on the
     // content type, nesting at the limit, a body of exactly the limit (declared or
     // chunked).
-    let t = insurer(false);
+    let t = insurer();
     for (what, r) in [
         (
             "identity encoding",
@@ -463,7 +455,7 @@ fn a_refusal_made_on_the_body_is_the_same_masked_problem() {
     let config = example_policy(|p| p["limits"] = json!({"max_body_bytes": 1024}));
     let (mut proxy, _service) = start_at(config, T0);
     let chunked = Request::post("/echo")
-        .bearer(&insurer(false))
+        .bearer(&insurer())
         .header("content-type", "application/json")
         .chunks([
             br#"{"claim_id":"CLM-1","notes":""#.to_vec(),
@@ -482,7 +474,7 @@ fn a_refusal_made_on_the_body_is_the_same_masked_problem() {
 
     // Upstream-side refusals record what happened, too.
     let (mut proxy, _service) = start_at(example_policy(|_| {}), T0);
-    let out = proxy.send(read(&insurer(false)), Response::json(200, "{nope"));
+    let out = proxy.send(read(&insurer()), Response::json(200, "{nope"));
     assert_problem(&out, Code::UnsafeResponse);
     let audit = crate::support::audit_record(&out);
     assert_eq!(audit["code"], "unsafe_response");

@@ -69,6 +69,9 @@ struct Case {
     persona: &'static str,
     /// Claims set over the persona's (`null` removes one).
     claims: Value,
+    /// The JOSE `typ`: `at+jwt` (RFC 9068, which requires `client_id` and `iat`), or
+    /// another for a consent outside that profile.
+    typ: &'static str,
     /// `iat` relative to `now` (seconds; negative: in the past).
     iat: i64,
     path: String,
@@ -91,6 +94,7 @@ fn case(name: impl Into<String>) -> Case {
         rules: json!([insurer_rule()]),
         persona: "insurer",
         claims: json!({}),
+        typ: mint::CONSENT_TYP,
         iat: -10,
         path: "/patients/p-1".into(),
         headers: Vec::new(),
@@ -119,6 +123,11 @@ impl Case {
     }
     fn claims(mut self, c: Value) -> Self {
         self.claims = c;
+        self
+    }
+    /// A plain JWT, outside RFC 9068's profile, so `client_id` or `iat` may be absent.
+    fn plain_jwt(mut self) -> Self {
+        self.typ = "JWT";
         self
     }
     fn iat(mut self, offset: i64) -> Self {
@@ -185,11 +194,12 @@ impl Case {
         let (mut proxy, _service) = start_at(config, self.now);
         let iat = self.now.saturating_add_signed(self.iat);
         let mut claims = crate::support::persona_claims(self.persona, iat, 3600);
-        // Policy cases, not revocation ones: no status list.
-        claims.remove("status");
         let extra: Map<String, Value> = self.claims.as_object().unwrap().clone();
         mint::overlay(&mut claims, &extra);
-        let token = sign_dev(&claims);
+        let token = mint::SigningKey::dev()
+            .unwrap()
+            .sign(self.typ, &Value::Object(claims))
+            .unwrap();
         let mut req = Request::get(&self.path).bearer(&token);
         for (n, v) in &self.headers {
             req = req.header(n, v);
@@ -325,8 +335,10 @@ fn grantees_and_partner_sets() {
         case("a grantee in one of two partner sets")
             .rule(json!({"partners": ["research_labs", "insurers"]})),
         case("a grantee named by azp when client_id is absent")
+            .plain_jwt()
             .claims(json!({"client_id": null, "azp": "insurer-acme"})),
         case("no grantee claim at all")
+            .plain_jwt()
             .claims(json!({"client_id": null}))
             .denied("no_rule_matched"),
         case("a suspended partner, also in an allowed set")
@@ -455,6 +467,7 @@ fn the_consent_age_on_its_edge() {
             .denied("no_rule_matched"),
         case("no iat: the age cannot be known")
             .rule(max)
+            .plain_jwt()
             .claims(json!({"iat": null, "nbf": T0 - 10}))
             .denied("no_rule_matched"),
     ]);
@@ -749,9 +762,7 @@ fn an_allow_releases_the_consented_domains_up_to_the_rules_sensitivity() {
 #[test]
 fn the_request_is_minimised_for_its_purpose() {
     let (mut proxy, _service) = start_at(example_policy(|_| {}), T0);
-    let token = crate::support::token_with("insurer", T0 - 10, |c| {
-        c.remove("status");
-    });
+    let token = sign_dev(&crate::support::persona_claims("insurer", T0 - 10, 3600));
     let body = r#"{"claim_id":"CLM-1","invoice_ids":["inv-1"],"national_id":"999 401 2284","period":{"from":"2026-01"},"notes":"free text"}"#;
     let search = || {
         Request::post("/echo?from=2026-01-01&to=2026-12-31&debug=1&national_id=999")
@@ -834,9 +845,7 @@ fn the_request_is_minimised_for_its_purpose() {
 #[test]
 fn provenance_sent_by_the_client_is_replaced() {
     let (mut proxy, _service) = start_at(example_policy(|_| {}), T0);
-    let token = crate::support::token_with("insurer", T0 - 10, |c| {
-        c.remove("status");
-    });
+    let token = sign_dev(&crate::support::persona_claims("insurer", T0 - 10, 3600));
     let forged = Request::get("/patients/p-1")
         .bearer(&token)
         .header("x-consent-id", "forged-1")

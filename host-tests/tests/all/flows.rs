@@ -5,11 +5,12 @@
 use std::time::{Duration, SystemTime};
 
 use consentry_core::audit;
+use consentry_core::problem::Code;
 use consentry_host::fixtures::{CONSENT_AUTHORITY, ConsentService};
 use consentry_host::{Callout, CalloutAnswer, Outcome, Peer, Proxy, Request, Response, mint};
 use serde_json::{Value, json};
 
-use crate::support::{example_policy, plugin, proxy_with, record};
+use crate::support::{assert_problem, example_policy, plugin, proxy_with, record};
 
 fn insurer_token(now: SystemTime) -> String {
     mint::persona_token("insurer", now).unwrap()
@@ -104,11 +105,10 @@ fn a_rotated_key_is_fetched_on_first_sight_without_a_restart() {
         .unwrap();
     // The issuer rotates: its JWKS now has the next key, and a token signed with it arrives.
     service.set_jwks(mint::ROTATION_JWKS);
-    let mut claims = mint::Personas::builtin()
+    let claims = mint::Personas::builtin()
         .unwrap()
         .claims(Some("insurer"), unix(now), 3600)
         .unwrap();
-    claims.remove("status");
     let token = mint::sign(
         &Value::Object(claims),
         mint::NEXT_KEY_PEM,
@@ -359,15 +359,19 @@ fn a_certificate_bound_token_passes_only_from_its_certificate() {
             .peer(peer(&"cd".repeat(32))),
         record_p1(),
     );
-    assert_eq!(
-        (other.client.status, code(&other).as_str()),
-        (403, "token_unbound")
-    );
     let plain = proxy.send(Request::get("/patients/p-1").bearer(&token), record_p1());
-    assert_eq!(
-        (plain.client.status, code(&plain).as_str()),
-        (403, "token_unbound")
-    );
+    // RFC 8705 §3: another certificate, or none, is an invalid token (401), with the
+    // same challenge as any other; the body does not say why.
+    for unbound in [&other, &plain] {
+        let body = assert_problem(unbound, Code::TokenUnbound);
+        assert_eq!(body["status"], 401);
+        assert_eq!(
+            unbound.client.header("www-authenticate"),
+            Some("Bearer error=\"invalid_token\"")
+        );
+        assert_eq!(crate::support::reason(unbound), "unbound");
+        assert!(unbound.upstream_request.is_none());
+    }
 }
 
 #[test]

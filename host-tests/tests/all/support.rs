@@ -159,7 +159,9 @@ pub fn assert_problem(out: &Outcome, code: Code) -> Value {
     assert_eq!(c.header("server"), Some("envoy"), "{context}");
     let expected_auth = match code {
         Code::TokenMissing => Some("Bearer"),
-        Code::TokenInvalid | Code::TokenExpired => Some("Bearer error=\"invalid_token\""),
+        Code::TokenInvalid | Code::TokenExpired | Code::TokenUnbound => {
+            Some("Bearer error=\"invalid_token\"")
+        }
         _ => None,
     };
     assert_eq!(c.header("www-authenticate"), expected_auth, "{context}");

@@ -30,12 +30,10 @@ const P256_ORDER: [u8; 32] = [
     0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
 ];
 
-/// The insurer's consent without a status-list reference (so no list is fetched),
+/// The insurer's consent (status list 1, index 0: the consent service answers it),
 /// issued ten seconds before `now`, valid for an hour.
 fn claims_at(now: u64) -> Map<String, Value> {
-    let mut c = persona_claims("insurer", now - 10, 3600);
-    c.remove("status");
-    c
+    persona_claims("insurer", now - 10, 3600)
 }
 
 fn insurer_token(now: u64) -> String {
@@ -1281,4 +1279,130 @@ fn a_condition_on_raw_claims_still_holds_when_the_token_comes_from_the_cache() {
     assert_eq!(second.client.status, 200, "{:#?}", second.trace);
     assert_eq!(second.client.body, first.client.body);
     assert_eq!(proxy.counter("consentry.token.cache_hit"), hits + 1);
+}
+
+/// An issuer that publishes status lists vouches for a consent's status only through
+/// one: a token that references none cannot have its revocation checked, so it is
+/// refused (masked as `token_invalid`, reason `status_missing`, counted), not waved
+/// through, unless the configuration says so explicitly.
+#[test]
+fn a_token_without_a_status_reference_is_refused_unless_the_issuer_allows_it() {
+    let (mut proxy, service) = start_at(example_policy(|_| {}), T0);
+    let cases = [
+        ("no status claim", None),
+        (
+            "a status of another mechanism",
+            Some(json!({"other_mechanism": {"idx": 0}})),
+        ),
+    ];
+    for (what, status) in &cases {
+        let token = claims_case(|c| match status {
+            None => {
+                c.remove("status");
+            }
+            Some(s) => {
+                c.insert("status".into(), s.clone());
+            }
+        });
+        let case = bad(*what, token, Code::TokenInvalid, "status_missing");
+        let failures = refuse_all(&mut proxy, vec![case]);
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+    assert_eq!(
+        proxy.counter("consentry.token.refused.status_missing"),
+        cases.len() as u64
+    );
+    assert!(
+        !service.calls().iter().any(|c| c.contains("/statuslists/")),
+        "no list is fetched for a token that names none: {:?}",
+        service.calls()
+    );
+
+    let relaxed = example_policy(|p| {
+        p["issuers"][0]["revocation"]["status_list"]["require_status_claim"] = json!(false);
+    });
+    let (mut proxy, _service) = start_at(relaxed, T0);
+    let token = claims_case(|c| {
+        c.remove("status");
+    });
+    let out = proxy.send(get(&token), upstream_record("p-1"));
+    assert_eq!(verdict(&out), (200, String::new()), "{:#?}", out.trace);
+    // A token that does reference a list is still checked against it.
+    let revoked_config = example_policy(|p| {
+        p["issuers"][0]["revocation"]["status_list"]["require_status_claim"] = json!(false);
+    });
+    let (mut proxy, service) = start_at(revoked_config, T0);
+    service.set_status("1", 0, 1);
+    let out = proxy.send(get(&insurer_token(T0)), upstream_record("p-1"));
+    assert_problem(&out, Code::ConsentRevoked);
+}
+
+/// A token typed `at+jwt` is a JWT access token (RFC 9068): it must carry every claim
+/// of §2.2, `client_id` and `iat` among them (an `azp` does not stand in for
+/// `client_id`), unless the issuer relaxes the profile.
+#[test]
+fn an_at_jwt_token_needs_every_claim_of_rfc_9068_unless_relaxed() {
+    // The insurer's consent naming its client by `azp` only, and one bounded by `nbf`
+    // instead of `iat`: acceptable outside the profile.
+    let by_azp = || {
+        claims_case(|c| {
+            c.remove("client_id");
+            c.insert("azp".into(), json!("insurer-acme"));
+        })
+    };
+    let by_nbf = || {
+        claims_case(|c| {
+            c.remove("iat");
+            c.insert("nbf".into(), json!(T0 - 10));
+        })
+    };
+    let (mut proxy, _service) = start_at(example_policy(|_| {}), T0);
+    let failures = refuse_all(
+        &mut proxy,
+        vec![
+            bad(
+                "at+jwt without client_id",
+                by_azp(),
+                Code::TokenInvalid,
+                "missing_claim",
+            ),
+            bad(
+                "at+jwt without iat",
+                by_nbf(),
+                Code::TokenInvalid,
+                "missing_claim",
+            ),
+            bad(
+                "at+jwt with a numeric client_id",
+                claims_case(|c| {
+                    c.insert("client_id".into(), json!(7));
+                }),
+                Code::TokenInvalid,
+                "invalid_claim",
+            ),
+        ],
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The profile follows the token's `typ`: a plain JWT is held to the claims every
+    // token needs.
+    let key = mint::SigningKey::dev().unwrap();
+    let mut claims = claims_at(T0);
+    claims.remove("client_id");
+    claims.insert("azp".into(), json!("insurer-acme"));
+    let jwt = key.sign("JWT", &Value::Object(claims)).unwrap();
+    let out = proxy.send(get(&jwt), upstream_record("p-1"));
+    assert_eq!(verdict(&out), (200, String::new()), "{:#?}", out.trace);
+
+    let relaxed = example_policy(|p| p["issuers"][0]["require_rfc9068_claims"] = json!(false));
+    let (mut proxy, _service) = start_at(relaxed, T0);
+    for (what, token) in [("by azp", by_azp()), ("by nbf", by_nbf())] {
+        let out = proxy.send(get(&token), upstream_record("p-1"));
+        assert_eq!(
+            verdict(&out),
+            (200, String::new()),
+            "{what}: {:#?}",
+            out.trace
+        );
+    }
 }

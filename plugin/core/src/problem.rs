@@ -83,11 +83,14 @@ impl Code {
 
     pub fn status(self) -> u16 {
         match self {
-            Code::TokenMissing | Code::TokenInvalid | Code::TokenExpired => 401,
+            // RFC 8705 §3: an unbound presentation is an `invalid_token`, as is any
+            // other unacceptable token.
+            Code::TokenMissing | Code::TokenInvalid | Code::TokenExpired | Code::TokenUnbound => {
+                401
+            }
             Code::TokenAmbiguous | Code::BadRequest => 400,
             Code::ConsentRevoked
             | Code::ConsentSuspended
-            | Code::TokenUnbound
             | Code::AccessDenied
             | Code::LockedOut => 403,
             Code::RequestTooLarge => 413,
@@ -278,6 +281,32 @@ mod tests {
             r.headers
                 .contains(&("www-authenticate".into(), "Bearer".into()))
         );
+    }
+
+    #[test]
+    fn an_unbound_token_is_an_invalid_token_and_only_401s_challenge() {
+        // RFC 8705 §3: 401 with `error="invalid_token"`, the same challenge as any other
+        // unacceptable token, so the reply does not tell binding apart.
+        let r = reply(Code::TokenUnbound, "urn:p:", "rid-12345", None);
+        assert_eq!(r.status, 401);
+        let challenge = |r: &LocalReply| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n == "www-authenticate")
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            challenge(&r).as_deref(),
+            Some("Bearer error=\"invalid_token\"")
+        );
+        assert_eq!(
+            challenge(&r),
+            challenge(&reply(Code::TokenInvalid, "urn:p:", "rid-12345", None))
+        );
+        for code in Code::ALL {
+            let r = reply(code, "urn:p:", "rid-12345", None);
+            assert_eq!(challenge(&r).is_some(), r.status == 401, "{code:?}");
+        }
     }
 
     #[test]

@@ -294,6 +294,62 @@ fn typ_compares_case_insensitively_with_the_optional_application_prefix() {
     refused(&lax, &sl, NOW, TokenError::WrongType);
 }
 
+/// The claims of RFC 9068 §2.2 that not every token needs.
+const ACCESS_TOKEN_ONLY: [&str; 2] = ["client_id", "iat"];
+
+#[test]
+fn an_at_jwt_token_must_have_every_claim_of_rfc_9068() {
+    let v = verifier();
+    let at = |typ: &str, claims: &Value| {
+        sign_json(
+            Key::EsA,
+            JAlg::ES256,
+            &json!({"alg": "ES256", "kid": "es256-a", "typ": typ}),
+            claims,
+        )
+    };
+    // `nbf` keeps the lifetime bounded without `iat`, so only the profile refuses.
+    let base = with(claims(), json!({"nbf": NOW - 10}));
+    for name in ACCESS_TOKEN_ONLY {
+        let lacking = with(base.clone(), json!({ name: null }));
+        for typ in ["at+jwt", "application/at+jwt", "AT+JWT"] {
+            refused(&v, &at(typ, &lacking), NOW, TokenError::MissingClaim);
+        }
+    }
+    for bad in [json!(7), json!(""), json!(["insurer"])] {
+        let t = at("at+jwt", &with(base.clone(), json!({ "client_id": bad })));
+        refused(&v, &t, NOW, TokenError::InvalidClaim);
+    }
+
+    // Relaxed, the same tokens pass; the claims every token needs are still required.
+    let lax = verifier_with(with(
+        issuer_json(),
+        json!({"require_rfc9068_claims": false}),
+    ));
+    for name in ACCESS_TOKEN_ONLY {
+        let lacking = with(base.clone(), json!({ name: null }));
+        assert!(
+            lax.verify(at("at+jwt", &lacking).as_bytes(), NOW).is_ok(),
+            "{name}"
+        );
+    }
+    let no_sub = with(base.clone(), json!({"sub": null}));
+    refused(&lax, &at("at+jwt", &no_sub), NOW, TokenError::MissingClaim);
+
+    // The profile is the token's `typ`, not the issuer's: another type is held only to
+    // the claims every token needs.
+    let untyped = verifier_with(with(issuer_json(), json!({"typ": null})));
+    let lacking = with(base.clone(), json!({"client_id": null, "iat": null}));
+    let jwt = at("JWT", &lacking);
+    assert!(untyped.verify(jwt.as_bytes(), NOW).is_ok());
+    refused(
+        &untyped,
+        &at("at+jwt", &lacking),
+        NOW,
+        TokenError::MissingClaim,
+    );
+}
+
 #[test]
 fn a_token_without_kid_is_tried_against_the_keys_that_fit_its_alg() {
     let v = verifier();
@@ -906,13 +962,18 @@ fn the_lifetime_is_bounded() {
         json!({"iat": NOW - 100, "exp": NOW - 100 + 3601}),
     ));
     refused(&v, &long, NOW, TokenError::LifetimeTooLong);
+    // Without `iat` (allowed only outside RFC 9068's profile), `nbf` bounds the lifetime.
+    let lax = verifier_with(with(
+        issuer_json(),
+        json!({"require_rfc9068_claims": false}),
+    ));
     let by_nbf = es256(&with(
         claims(),
         json!({"iat": null, "nbf": NOW - 100, "exp": NOW - 100 + 3601}),
     ));
-    refused(&v, &by_nbf, NOW, TokenError::LifetimeTooLong);
+    refused(&lax, &by_nbf, NOW, TokenError::LifetimeTooLong);
     let unbounded = es256(&with(claims(), json!({"iat": null})));
-    refused(&v, &unbounded, NOW, TokenError::MissingClaim);
+    refused(&lax, &unbounded, NOW, TokenError::MissingClaim);
     let backwards = es256(&with(claims(), json!({"iat": NOW + 10, "exp": NOW + 5})));
     refused(&v, &backwards, NOW, TokenError::InvalidClaim);
     refused(
@@ -1023,7 +1084,10 @@ fn authorization_details_are_mapped_and_unknown_types_refused() {
 
 #[test]
 fn a_deny_listed_consent_is_revoked_even_as_a_high_s_twin() {
-    let v = verifier();
+    // Tokens without a status reference, so only the deny-list decides.
+    let mut cfg = issuer_json();
+    cfg["revocation"]["status_list"]["require_status_claim"] = json!(false);
+    let v = verifier_with(cfg);
     let t = es256(&with(claims(), json!({"jti": "consent-revoked"})));
     let twin = malleate(&t);
     assert_ne!(t, twin);
@@ -1243,6 +1307,53 @@ fn status_uris_outside_the_configured_prefix_are_refused() {
         json!({"status": {"status_list": {"idx": -1, "uri": format!("{PREFIX}1")}}}),
     ));
     refused(&verifier(), &t, NOW, TokenError::InvalidClaim);
+}
+
+#[test]
+fn an_issuer_with_a_status_list_refuses_tokens_that_reference_none() {
+    let v = verifier();
+    let mut cache = TokenCache::default();
+    // No `status`, or a `status` with another mechanism than a status list: revocation
+    // could not be checked, so the token is refused, never waved through.
+    for patch in [
+        json!({}),
+        json!({"status": {"other_mechanism": {"idx": 0}}}),
+    ] {
+        let t = es256(&with(claims(), patch.clone()));
+        let consent = v.verify(t.as_bytes(), NOW).unwrap();
+        assert_eq!(consent.status, None);
+        let err = v.check_revocation(&consent, None, NOW).unwrap_err();
+        assert_eq!(err, TokenError::StatusMissing, "{patch}");
+        assert_eq!(err.as_str(), "status_missing");
+        assert_eq!(err.code(), Code::TokenInvalid);
+        assert_no_leak(err);
+        let lists: BTreeMap<String, StatusList> = BTreeMap::new();
+        assert_eq!(
+            v.check(&mut cache, t.as_bytes(), NOW, &lists, &Peer::default())
+                .unwrap_err(),
+            TokenError::StatusMissing
+        );
+    }
+    // The deny-list is still consulted first.
+    let denied = es256(&with(claims(), json!({"jti": "consent-revoked"})));
+    let consent = v.verify(denied.as_bytes(), NOW).unwrap();
+    assert_eq!(
+        v.check_revocation(&consent, None, NOW),
+        Err(TokenError::Revoked)
+    );
+
+    // Only where the configuration says so explicitly is such a token accepted.
+    let mut cfg = issuer_json();
+    cfg["revocation"]["status_list"]["require_status_claim"] = json!(false);
+    let lax = verifier_with(cfg);
+    let t = es256(&claims());
+    let consent = lax.verify(t.as_bytes(), NOW).unwrap();
+    assert_eq!(lax.check_revocation(&consent, None, NOW), Ok(()));
+    // An issuer without a status list has nothing to check against.
+    let mut cfg = issuer_json();
+    cfg["revocation"] = json!({});
+    let none = verifier_with(cfg);
+    assert_eq!(none.check_revocation(&consent, None, NOW), Ok(()));
 }
 
 #[test]
@@ -1556,8 +1667,9 @@ fn every_refusal_maps_to_one_masked_class() {
         (Expired, 401),
         (Revoked, 403),
         (Suspended, 403),
-        (Unbound, 403),
-        (GranteeMismatch, 403),
+        (Unbound, 401),
+        (GranteeMismatch, 401),
+        (StatusMissing, 401),
         (KeysUnavailable, 503),
         (StatusListUnavailable, 503),
     ] {
@@ -1566,6 +1678,8 @@ fn every_refusal_maps_to_one_masked_class() {
     }
     assert_eq!(Missing.code(), Code::TokenMissing);
     assert_eq!(UnknownKid.code(), Code::TokenInvalid);
+    assert_eq!(StatusMissing.code(), Code::TokenInvalid);
+    assert_eq!(Unbound.code(), Code::TokenUnbound);
 }
 
 #[test]

@@ -10,6 +10,13 @@ use super::jws;
 /// Claims every consent token must have, whatever the configuration says.
 pub const ALWAYS_REQUIRED: [&str; 5] = ["iss", "exp", "aud", "sub", "jti"];
 
+/// The JOSE `typ` of a JWT access token (RFC 9068 §2.1), `application/` prefix optional.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Claims RFC 9068 §2.2 makes mandatory in a JWT access token (`typ` `at+jwt`), required
+/// of such a token unless its issuer sets `require_rfc9068_claims` to false.
+pub const RFC9068_REQUIRED: [&str; 7] = ["iss", "exp", "aud", "sub", "client_id", "iat", "jti"];
+
 /// Longest status-list URI accepted from a token.
 const MAX_STATUS_URI_BYTES: usize = 2048;
 
@@ -91,15 +98,22 @@ pub struct AuthorizationDetail {
 }
 
 /// Validates the claims of a token from `issuer` at `now` and extracts its consent.
+/// `access_token` says the header's `typ` is `at+jwt` (RFC 9068).
 pub(crate) fn validate(
     claims: Map<String, Value>,
     issuer: &Issuer,
     now: u64,
+    access_token: bool,
 ) -> Result<Consent, TokenError> {
     let skew = issuer.clock_skew_seconds;
 
     // Presence first: a token lacking a required claim is refused as such.
-    for name in ALWAYS_REQUIRED
+    let profile: &[&str] = if access_token && issuer.require_rfc9068_claims {
+        &RFC9068_REQUIRED
+    } else {
+        &ALWAYS_REQUIRED
+    };
+    for name in profile
         .iter()
         .copied()
         .chain(issuer.required_claims.iter().map(String::as_str))
@@ -107,6 +121,10 @@ pub(crate) fn validate(
         if claims.get(name).is_none_or(Value::is_null) {
             return Err(TokenError::MissingClaim);
         }
+    }
+    if access_token && issuer.require_rfc9068_claims {
+        // RFC 8693 §4.3: the OAuth client the token was issued to, a string.
+        required_string(&claims, "client_id")?;
     }
 
     // Time.

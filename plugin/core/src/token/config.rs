@@ -11,6 +11,7 @@
 //!   "algorithms": ["ES256"],
 //!   "audiences": ["https://api.hospital.example"],
 //!   "typ": "at+jwt",
+//!   "require_rfc9068_claims": true,
 //!   "clock_skew_seconds": 60,
 //!   "max_lifetime_seconds": 3600,
 //!   "required_claims": ["iat", "client_id"],
@@ -27,7 +28,8 @@
 //!     "deny_list": ["consent-123"],
 //!     "status_list": {"cluster": "consent_service",
 //!                     "uri_prefix": "https://consent.example.com/statuslists/",
-//!                     "max_staleness_seconds": 300, "timeout_ms": 2000, "max_bytes": 1048576}
+//!                     "max_staleness_seconds": 300, "timeout_ms": 2000, "max_bytes": 1048576,
+//!                     "require_status_claim": true}
 //!   },
 //!   "binding": {"require_certificate_binding": false, "require_spiffe_grantee": false}
 //! }
@@ -78,6 +80,11 @@ pub struct Issuer {
     /// prefix optional. Default: none (any `typ`, or none, except `statuslist+jwt`, which
     /// is never a consent token). Example: `"at+jwt"`.
     pub typ: Option<String>,
+    /// For a token whose `typ` is `at+jwt` (RFC 9068, a JWT access token), require every
+    /// claim §2.2 makes mandatory ([`super::claims::RFC9068_REQUIRED`]: `client_id` and
+    /// `iat` besides those always required). `false` holds such a token only to the
+    /// claims every token needs. Default true.
+    pub require_rfc9068_claims: bool,
     /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds. Default 60, at most 600.
     pub clock_skew_seconds: u64,
     /// Longest accepted lifetime `exp - iat` (or `exp - nbf` without `iat`), in seconds; a
@@ -204,6 +211,10 @@ pub struct StatusListSource {
     /// Bound on the status-list token and on the decompressed list, in bytes.
     /// Default 1048576, at most 16777216.
     pub max_bytes: usize,
+    /// Refuse a token of this issuer that has no `status.status_list` reference: its
+    /// revocation could not be checked. `false` accepts such tokens unchecked (only the
+    /// deny-list applies to them). Default true.
+    pub require_status_claim: bool,
 }
 
 /// `binding`.
@@ -229,6 +240,8 @@ struct RawIssuer {
     audiences: Vec<String>,
     #[serde(default)]
     typ: Option<String>,
+    #[serde(default = "default_true")]
+    require_rfc9068_claims: bool,
     #[serde(default = "default_skew")]
     clock_skew_seconds: u64,
     #[serde(default = "default_max_lifetime")]
@@ -314,6 +327,8 @@ struct RawStatusList {
     timeout_ms: u64,
     #[serde(default = "default_status_max_bytes")]
     max_bytes: usize,
+    #[serde(default = "default_true")]
+    require_status_claim: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -325,6 +340,9 @@ struct RawBinding {
     require_spiffe_grantee: bool,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_skew() -> u64 {
     DEFAULT_CLOCK_SKEW_SECONDS
 }
@@ -685,6 +703,7 @@ fn compile_issuer(raw: RawIssuer, at: &str, errors: &mut Vec<IssuerConfigError>)
             max_staleness_seconds: s.max_staleness_seconds,
             timeout_ms: s.timeout_ms,
             max_bytes: s.max_bytes,
+            require_status_claim: s.require_status_claim,
         }
     });
 
@@ -696,6 +715,7 @@ fn compile_issuer(raw: RawIssuer, at: &str, errors: &mut Vec<IssuerConfigError>)
         algorithms,
         audiences: raw.audiences,
         typ: raw.typ,
+        require_rfc9068_claims: raw.require_rfc9068_claims,
         clock_skew_seconds: raw.clock_skew_seconds,
         max_lifetime_seconds: raw.max_lifetime_seconds,
         required_claims: raw.required_claims,
@@ -795,6 +815,42 @@ mod tests {
             (300, 2000, 30)
         );
         assert_eq!(i.binding, Binding::default());
+        assert!(i.require_rfc9068_claims);
+    }
+
+    #[test]
+    fn revocation_and_rfc_9068_checks_are_on_unless_switched_off() {
+        let mut entry = minimal();
+        entry["revocation"] =
+            json!({"status_list": {"cluster": "c", "uri_prefix": "https://c.example/s/"}});
+        let on = &compile_issuers(&json!([entry.clone()]), "$.issuers").unwrap()[0];
+        assert!(on.require_rfc9068_claims);
+        assert!(
+            on.revocation
+                .status_list
+                .as_ref()
+                .unwrap()
+                .require_status_claim
+        );
+
+        entry["revocation"]["status_list"]["require_status_claim"] = json!(false);
+        entry["require_rfc9068_claims"] = json!(false);
+        let off = &compile_issuers(&json!([entry.clone()]), "$.issuers").unwrap()[0];
+        assert!(!off.require_rfc9068_claims);
+        assert!(
+            !off.revocation
+                .status_list
+                .as_ref()
+                .unwrap()
+                .require_status_claim
+        );
+
+        entry["revocation"]["status_list"]["require_status_claim"] = json!("no");
+        let errors = compile_issuers(&json!([entry]), "$.issuers").unwrap_err();
+        assert_eq!(
+            errors[0].0,
+            "$.issuers[0].revocation.status_list.require_status_claim"
+        );
     }
 
     #[test]

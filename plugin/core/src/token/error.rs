@@ -76,8 +76,9 @@ pub enum TokenError {
     IssuedInFuture,
     /// `exp` minus `iat` (or `nbf`) exceeds the configured maximum lifetime.
     LifetimeTooLong,
-    /// A required claim is absent (always: `iss`, `exp`, `aud`, `sub`, `jti`; plus the
-    /// configured `required_claims` and the consent mapping's claims).
+    /// A required claim is absent (always: `iss`, `exp`, `aud`, `sub`, `jti`; `client_id`
+    /// and `iat` too in an `at+jwt` token (RFC 9068 §2.2) unless the issuer relaxes it;
+    /// plus the configured `required_claims` and the consent mapping's claims).
     MissingClaim,
     /// A claim has the wrong type or shape (a non-numeric `exp`, an `aud` array holding a
     /// number, a malformed `status`, `cnf` or `authorization_details` entry).
@@ -98,6 +99,10 @@ pub enum TokenError {
     StatusUnrecognised,
     /// The token's status index lies beyond the status list.
     StatusIndexOutOfRange,
+    /// The issuer publishes a status list and the token references none
+    /// (`status.status_list` absent), so its revocation cannot be checked. Internally
+    /// distinct from [`TokenError::MissingClaim`] for the audit trail and the counters.
+    StatusMissing,
     /// The token's status-list `uri` is not under the issuer's configured `uri_prefix`, or
     /// the issuer has no status list configured.
     StatusUriNotAllowed,
@@ -139,7 +144,8 @@ pub enum ErrorClass {
     Revoked,
     /// 403: the consent is suspended by its issuer.
     Suspended,
-    /// 403: the token is bound to another client (or must be bound and is not).
+    /// 401: the token is bound to another client (or must be bound and is not), RFC 8705
+    /// §3's `invalid_token`.
     Unbound,
     /// 503: keys or the status list are unknown, so no decision can be made.
     Unavailable,
@@ -149,8 +155,11 @@ impl ErrorClass {
     /// The HTTP status the class is answered with.
     pub fn status(self) -> u16 {
         match self {
-            ErrorClass::Missing | ErrorClass::Invalid | ErrorClass::Expired => 401,
-            ErrorClass::Revoked | ErrorClass::Suspended | ErrorClass::Unbound => 403,
+            ErrorClass::Missing
+            | ErrorClass::Invalid
+            | ErrorClass::Expired
+            | ErrorClass::Unbound => 401,
+            ErrorClass::Revoked | ErrorClass::Suspended => 403,
             ErrorClass::Unavailable => 503,
         }
     }
@@ -207,6 +216,7 @@ impl TokenError {
             | InvalidClaim
             | AudienceMismatch
             | UnknownAuthorizationDetailsType
+            | StatusMissing
             | StatusIndexOutOfRange
             | StatusUriNotAllowed => ErrorClass::Invalid,
         }
@@ -258,6 +268,7 @@ impl TokenError {
             StatusInvalid => "status_invalid",
             Suspended => "suspended",
             StatusUnrecognised => "status_unrecognised",
+            StatusMissing => "status_missing",
             StatusIndexOutOfRange => "status_index_out_of_range",
             StatusUriNotAllowed => "status_uri_not_allowed",
             StatusListUnavailable => "status_list_unavailable",
@@ -308,6 +319,7 @@ impl fmt::Display for TokenError {
             StatusInvalid => "consent status is invalid",
             Suspended => "consent is suspended",
             StatusUnrecognised => "consent status value is not recognised",
+            StatusMissing => "consent token has no status list reference",
             StatusIndexOutOfRange => "consent status index is outside the status list",
             StatusUriNotAllowed => "consent status list location is not allowed",
             StatusListUnavailable => "consent status list is not available",

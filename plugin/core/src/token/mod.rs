@@ -31,6 +31,14 @@
 //!   the SubjectAltName extension (+11 KiB of .wasm, against +92 KiB for `x509-cert`).
 //! - **Revocation by issuer + `jti`**, never by a hash of the token (ECDSA signatures are
 //!   malleable; a high-S twin of a revoked token is still revoked).
+//! - **Revocation is never skipped silently**: from an issuer with a status list, a token
+//!   that references none is refused ([`TokenError::StatusMissing`]) unless the issuer's
+//!   `require_status_claim` is off.
+//! - **The token's `typ` picks its profile**: an `at+jwt` token must carry every claim of
+//!   RFC 9068 §2.2 ([`claims::RFC9068_REQUIRED`]) unless the issuer's
+//!   `require_rfc9068_claims` is off.
+//! - **An unbound presentation is an invalid token** (RFC 8705 §3): 401 with
+//!   `error="invalid_token"`, like any other, never 403.
 
 pub mod alg;
 pub mod binding;
@@ -240,7 +248,8 @@ impl Verifier {
             return Err(TokenError::WrongType);
         }
         verify_with(&parsed, alg, &state.keys)?;
-        claims::validate(parsed.claims, issuer, now)
+        let access_token = typ.is_some_and(|t| media_type_eq(t, claims::ACCESS_TOKEN_TYP));
+        claims::validate(parsed.claims, issuer, now, access_token)
     }
 
     /// [`Verifier::verify`] through a cache keyed by the token's SHA-256.
@@ -281,10 +290,12 @@ impl Verifier {
         Ok(consent)
     }
 
-    /// Revocation: the issuer's deny-list (issuer + `jti`), then the token's status list
-    /// if it references one. `status_list` is the list the worker holds for the token's
-    /// `status.uri` (or `None`); a missing, mismatched or stale list refuses
-    /// ([`TokenError::StatusListUnavailable`]: fetch it and retry).
+    /// Revocation: the issuer's deny-list (issuer + `jti`), then the token's status list.
+    /// `status_list` is the list the worker holds for the token's `status.uri` (or
+    /// `None`); a missing, mismatched or stale list refuses
+    /// ([`TokenError::StatusListUnavailable`]: fetch it and retry). A token without a
+    /// status reference from an issuer with a status list is refused
+    /// ([`TokenError::StatusMissing`]) unless the issuer's `require_status_claim` is off.
     pub fn check_revocation(
         &self,
         consent: &Consent,
@@ -297,14 +308,16 @@ impl Verifier {
         if issuer.revocation.deny_list.contains(&consent.consent_id) {
             return Err(TokenError::Revoked);
         }
+        let source = issuer.revocation.status_list.as_ref();
         let Some(reference) = &consent.status else {
-            return Ok(());
+            // An issuer that publishes status lists vouches for a token's status only
+            // through one: without a reference, revocation cannot be checked.
+            return match source {
+                Some(s) if s.require_status_claim => Err(TokenError::StatusMissing),
+                _ => Ok(()),
+            };
         };
-        let source = issuer
-            .revocation
-            .status_list
-            .as_ref()
-            .ok_or(TokenError::StatusUriNotAllowed)?;
+        let source = source.ok_or(TokenError::StatusUriNotAllowed)?;
         let list = status_list
             .filter(|l| l.uri() == reference.uri)
             .ok_or(TokenError::StatusListUnavailable)?;
