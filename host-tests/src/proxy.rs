@@ -15,7 +15,9 @@ use crate::message::{
     UpstreamRequest,
 };
 use crate::plugin::Plugin;
-use crate::vm::{Access, CallResponseView, LocalReplyCall, PluginSettings, StreamHost, Trap, Vm};
+use crate::vm::{
+    Access, CallResponseView, Fault, Faults, LocalReplyCall, PluginSettings, StreamHost, Trap, Vm,
+};
 use crate::world::{Clock, LogLine, Metric, World, lock};
 
 mod http;
@@ -186,6 +188,13 @@ impl ProxyBuilder {
         self.settings.plugin_name = plugin_name.to_owned();
         self.settings.root_id = root_id.to_owned();
         self.settings.vm_id = vm_id.to_owned();
+        self
+    }
+
+    /// Makes a host call fail from the start (the VMs' start and configuration
+    /// included); see [`Proxy::inject`] to arm one later.
+    pub fn fault(self, fault: Fault) -> Self {
+        self.settings.faults.arm(fault);
         self
     }
 
@@ -424,6 +433,7 @@ impl Proxy {
                 clusters: None,
                 cluster_name: "upstream".into(),
                 route_name: "default".into(),
+                faults: Faults::default(),
             },
             workers: 1,
             main_thread: true,
@@ -470,6 +480,17 @@ impl Proxy {
         }
         worker.next_tick = vm_tick_period(&worker).map(|p| self.world.clock.now() + p);
         Ok(worker)
+    }
+
+    /// Makes a host call fail from now on, in every VM of the proxy (calls are
+    /// counted from now for [`Fault::after`]).
+    pub fn inject(&self, fault: Fault) {
+        self.settings.faults.arm(fault);
+    }
+
+    /// The faults armed on this proxy: to disarm them, or count the failures.
+    pub fn faults(&self) -> &Faults {
+        &self.settings.faults
     }
 
     pub fn clock(&self) -> &Clock {

@@ -6,6 +6,7 @@ mod audit_shipping;
 mod cli;
 mod codes;
 mod decisions;
+mod faults;
 mod fidelity;
 mod flows;
 mod memory;
