@@ -363,6 +363,10 @@ pub struct Outcome {
     /// What crossed the proxy each way, as it stood when the stream ended.
     #[serde(skip)]
     pub wire: Wire,
+    /// The stream's context id in its VM; 0 when the plugin never saw the
+    /// stream (the client reset it before its request headers reached the filter).
+    #[serde(skip)]
+    pub context: u32,
 }
 
 /// How the response ended for the client.
@@ -504,6 +508,14 @@ impl Proxy {
     /// Every log line so far, from every VM.
     pub fn logs(&self) -> Vec<LogLine> {
         lock(&self.world.logs).clone()
+    }
+
+    /// The log lines from the `from`th on (a test that reads the log as it grows).
+    pub fn logs_since(&self, from: usize) -> Vec<LogLine> {
+        lock(&self.world.logs)
+            .get(from..)
+            .map(<[LogLine]>::to_vec)
+            .unwrap_or_default()
     }
 
     pub fn metrics(&self) -> HashMap<String, Metric> {
@@ -689,6 +701,28 @@ impl Proxy {
         }
     }
 
+    /// The stream's context id in its VM (the `context_id` of what the plugin logs
+    /// for it), once its context exists.
+    pub fn context(&self, key: StreamKey) -> Option<u32> {
+        let id = match self.locate(key) {
+            Some((w, i)) => self.workers[w].streams[i].context,
+            None => self.finished.get(&key.0)?.context,
+        };
+        (id != 0).then_some(id)
+    }
+
+    /// Each callback of a stream so far and what it returned.
+    pub fn trace(&self, key: StreamKey) -> Vec<String> {
+        match self.locate(key) {
+            Some((w, i)) => self.workers[w].streams[i].trace.clone(),
+            None => self
+                .finished
+                .get(&key.0)
+                .map(|o| o.trace.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     /// The outcome of a stream that is over, without running anything.
     pub fn outcome(&self, key: StreamKey) -> Option<&Outcome> {
         self.finished.get(&key.0)
@@ -839,6 +873,7 @@ impl Proxy {
     fn outcome_of(&self, run: StreamRun) -> (u64, Outcome) {
         let logs = lock(&self.world.logs);
         let wire = wire_of(&run);
+        let context = run.context;
         let (client, trap) = run.result.unwrap_or_else(|| (empty_503(self.now()), None));
         let outcome = Outcome {
             client,
@@ -855,6 +890,7 @@ impl Proxy {
                 .unwrap_or_default(),
             trace: run.trace,
             wire,
+            context,
         };
         (run.key, outcome)
     }
@@ -1296,8 +1332,6 @@ impl Proxy {
         }
         headers.push(("x-envoy-upstream-service-time".into(), b"1".to_vec()));
         s.response_headers = headers;
-        s.response_code = Some(response.status);
-        s.response_code_details = Some("via_upstream".into());
         run.resp_body = Some(Body::new(
             response.chunks,
             response.trailers,
@@ -1352,8 +1386,15 @@ impl Proxy {
         if run.resp_headers == Side::NotSent {
             let n = count_headers_response(vm, id);
             let eos = body.input_done;
+            let from_upstream = !run.local_reply;
             if let Some(s) = vm.state_mut().streams.get_mut(&id) {
                 s.response_map = Access::Open;
+                if from_upstream {
+                    // Envoy's router notes the upstream's status as its headers
+                    // arrive, in the same event that hands them to the filter.
+                    s.response_code = status_of(&s.response_headers);
+                    s.response_code_details = Some("via_upstream".into());
+                }
             }
             let action = vm.on_response_headers(id, n, eos)?;
             run.trace.push(format!(
@@ -1571,6 +1612,13 @@ fn response_complete(run: &StreamRun) -> bool {
         && b.input_done
         && b.buffered.is_empty()
         && (!b.trailers_delivered || run.client_trailers.is_some())
+}
+
+fn status_of(headers: &HeaderList) -> Option<u16> {
+    headers
+        .iter()
+        .find(|(n, _)| n == ":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
 }
 
 fn has_local_reply(vm: &Vm, id: u32) -> bool {

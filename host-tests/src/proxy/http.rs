@@ -168,7 +168,13 @@ pub(super) fn hcm_request_headers(r: &Request, request_id: &str) -> HeaderList {
     let has_id = extra.iter().any(|(n, _)| n == "x-request-id");
     // An HTTP/1.1 client sends `content-length` with its own headers, so Envoy's
     // map has it there, before the headers the connection manager appends.
-    if !r.http2 && !r.chunks.is_empty() && !extra.iter().any(|(n, _)| n == "content-length") {
+    // With trailers it can only send the body chunked.
+    let framed = extra
+        .iter()
+        .any(|(n, _)| n == "content-length" || n == "transfer-encoding");
+    if !r.http2 && !framed && !r.trailers.is_empty() {
+        extra.push(("transfer-encoding".into(), b"chunked".to_vec()));
+    } else if !r.http2 && !framed && !r.chunks.is_empty() {
         let len: usize = r.chunks.iter().map(Vec::len).sum();
         extra.push(("content-length".into(), len.to_string().into_bytes()));
     }

@@ -10,6 +10,7 @@ mod faults;
 mod fidelity;
 mod flows;
 mod memory;
+mod model;
 mod parity;
 mod report;
 mod support;
