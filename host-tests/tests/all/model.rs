@@ -192,6 +192,62 @@ fn model_invariants_hold_when_host_calls_fail() {
     assert_varied(&run_shard(0, true));
 }
 
+// ── Cases the model found, kept ───────────────────────────────────────────────
+
+/// One stream of `kind` in the plainest form, its trailers as given.
+fn plain(kind: Kind, http2: bool, request_trailers: bool) -> StreamSpec {
+    StreamSpec {
+        kind,
+        http2,
+        request_cuts: Vec::new(),
+        request_trailers,
+        response_cuts: Vec::new(),
+        response_trailers: false,
+        response_length: true,
+    }
+}
+
+fn assert_holds(case: &Case) {
+    if let Err(f) = run(case, plugin(), fixtures(), false) {
+        panic!(
+            "{}\n{case:#?}\n{}",
+            f.violations[0],
+            f.transcript.join("\n")
+        );
+    }
+}
+
+#[test]
+fn a_client_that_leaves_while_its_answer_is_held_is_recorded_as_reset() {
+    // The request waits for the status list, goes upstream when it comes, and
+    // the answer's headers are held; then the client goes away. Envoy's router
+    // noted the upstream's 200 as the response code: the client still got nothing.
+    assert_holds(&Case {
+        seed: 1,
+        streams: vec![plain(Kind::PatientRecord, false, false)],
+        answers: vec![Answer::Early],
+        acts: vec![
+            Act::Begin(0),
+            Act::Step(0),
+            Act::Advance(0),
+            Act::Step(0),
+            Act::Reset(0),
+        ],
+    });
+}
+
+#[test]
+fn provenance_forged_in_request_trailers_never_reaches_the_upstream() {
+    // HTTP/2 headers, then trailers naming `x-consent-id`, on a route that does
+    // not minimise the request.
+    assert_holds(&Case {
+        seed: 2,
+        streams: vec![plain(Kind::PatientRecord, true, true)],
+        answers: vec![Answer::Early],
+        acts: vec![Act::Begin(0)],
+    });
+}
+
 // ── The checker catches a broken filter ───────────────────────────────────────
 
 /// A filter in WebAssembly text that decides nothing: each callback answers
