@@ -37,5 +37,8 @@ pub use message::{
     Callout, CalloutAnswer, ClientFault, ClientResponse, Peer, Request, Response, UpstreamRequest,
 };
 pub use plugin::{BUILD_COMMAND, Plugin};
-pub use proxy::{FailurePolicy, Outcome, Proxy, ProxyBuilder, StartError, Upstream};
+pub use proxy::{
+    ClientEnd, FailurePolicy, Outcome, Proxy, ProxyBuilder, StartError, StreamKey, Upstream, Wire,
+};
+pub use vm::{Fault, Faults};
 pub use world::LogLine;

@@ -194,6 +194,12 @@ pub struct UpstreamRequest {
     pub headers: HeaderList,
     #[serde(serialize_with = "crate::message::ser_body")]
     pub body: Vec<u8>,
+    /// Request trailers the upstream received (none: no trailers, or all removed).
+    #[serde(
+        serialize_with = "crate::message::ser_headers",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub trailers: HeaderList,
 }
 
 impl UpstreamRequest {
@@ -229,6 +235,12 @@ pub struct ClientResponse {
     pub headers: HeaderList,
     #[serde(serialize_with = "crate::message::ser_body")]
     pub body: Vec<u8>,
+    /// Response trailers the client received after the body.
+    #[serde(
+        serialize_with = "crate::message::ser_headers",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub trailers: HeaderList,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<ClientFault>,
 }

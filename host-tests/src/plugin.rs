@@ -94,6 +94,20 @@ impl Plugin {
         Ok(plugin)
     }
 
+    /// Compiles a module given whole, in binary or WebAssembly text: a filter a
+    /// test writes on the spot (`name` stands for its path in messages).
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Arc<Plugin>> {
+        let engine = engine()?;
+        let module = Module::new(&engine, bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("compiling {name}"))?;
+        Ok(Arc::new(Plugin {
+            engine,
+            module,
+            path: PathBuf::from(name),
+        }))
+    }
+
     /// The workspace's release build (see [`default_wasm_path`]).
     pub fn release_build() -> Result<Arc<Plugin>> {
         Self::load(&default_wasm_path())

@@ -15,8 +15,18 @@ use crate::message::{
     UpstreamRequest,
 };
 use crate::plugin::Plugin;
-use crate::vm::{Access, CallResponseView, LocalReplyCall, PluginSettings, StreamHost, Trap, Vm};
+use crate::vm::{
+    Access, CallResponseView, Fault, Faults, LocalReplyCall, PluginSettings, StreamHost, Trap, Vm,
+};
 use crate::world::{Clock, LogLine, Metric, World, lock};
+
+mod http;
+
+pub use http::{INLINE_REQUEST_HEADERS, INLINE_RESPONSE_HEADERS};
+use http::{
+    finalize_headers, hcm_request_headers, http_date, local_reply_headers, merge_inline,
+    with_length_check,
+};
 
 /// Envoy's `failure_policy` for a crashed VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +191,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Makes a host call fail from the start (the VMs' start and configuration
+    /// included); see [`Proxy::inject`] to arm one later.
+    pub fn fault(self, fault: Fault) -> Self {
+        self.settings.faults.arm(fault);
+        self
+    }
+
     /// How long a blocked stream may wait for an event before it counts as
     /// stalled (virtual time).
     pub fn stall_after(mut self, d: Duration) -> Self {
@@ -267,6 +284,8 @@ struct Body {
     /// The last chunk carries end-of-stream (HTTP/2, local replies).
     eos_on_last_chunk: bool,
     trailers: Option<HeaderList>,
+    /// The trailers callback ran: the trailers are the plugin's to pass on.
+    trailers_delivered: bool,
     buffered: Vec<u8>,
     released: Vec<u8>,
     input_done: bool,
@@ -281,6 +300,7 @@ impl Body {
             final_callback_pending: has_body && !eos_on_last_chunk && !has_trailers,
             eos_on_last_chunk,
             trailers: has_trailers.then_some(trailers),
+            trailers_delivered: false,
             buffered: Vec::new(),
             released: Vec::new(),
             input_done: !has_body && !has_trailers,
@@ -310,6 +330,12 @@ struct StreamRun {
     req_body: Body,
     resp_headers: Side,
     resp_body: Option<Body>,
+    /// The request headers and trailers as they left for the upstream.
+    upstream_headers: Option<HeaderList>,
+    upstream_trailers: Option<HeaderList>,
+    /// The response status and headers, and its trailers, as the client got them.
+    client_head: Option<(u16, HeaderList)>,
+    client_trailers: Option<HeaderList>,
     upstream_request: Option<UpstreamRequest>,
     /// The response came from a local reply sent on the request path.
     local_reply: bool,
@@ -334,6 +360,42 @@ pub struct Outcome {
     pub callouts_made: Vec<Callout>,
     /// Each callback and what it returned, for diagnosing a failure.
     pub trace: Vec<String>,
+    /// What crossed the proxy each way, as it stood when the stream ended.
+    #[serde(skip)]
+    pub wire: Wire,
+    /// The stream's context id in its VM; 0 when the plugin never saw the
+    /// stream (the client reset it before its request headers reached the filter).
+    #[serde(skip)]
+    pub context: u32,
+}
+
+/// How the response ended for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEnd {
+    /// The whole response arrived (its framing may still be wrong: see
+    /// [`ClientFault::LengthMismatch`]).
+    Complete,
+    /// No complete response: the stream was reset, or the client gave up waiting.
+    Reset,
+}
+
+/// What has crossed the proxy so far in one stream, each way. Bytes count as
+/// received the moment the proxy lets them go, not when the exchange is over, so
+/// a test can check after every step what the upstream and the client have seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wire {
+    /// The request headers (pseudo-headers first) as the upstream received them;
+    /// `None` while the proxy holds them.
+    pub upstream_headers: Option<HeaderList>,
+    /// Request body bytes the upstream received so far.
+    pub upstream_body: Vec<u8>,
+    pub upstream_trailers: Option<HeaderList>,
+    /// The response status and headers the client received; `None` before.
+    pub client_head: Option<(u16, HeaderList)>,
+    pub client_body: Vec<u8>,
+    pub client_trailers: Option<HeaderList>,
+    /// How the response ended; `None` while it runs.
+    pub client_end: Option<ClientEnd>,
 }
 
 /// A stream started with [`Proxy::begin`].
@@ -375,6 +437,7 @@ impl Proxy {
                 clusters: None,
                 cluster_name: "upstream".into(),
                 route_name: "default".into(),
+                faults: Faults::default(),
             },
             workers: 1,
             main_thread: true,
@@ -423,6 +486,17 @@ impl Proxy {
         Ok(worker)
     }
 
+    /// Makes a host call fail from now on, in every VM of the proxy (calls are
+    /// counted from now for [`Fault::after`]).
+    pub fn inject(&self, fault: Fault) {
+        self.settings.faults.arm(fault);
+    }
+
+    /// The faults armed on this proxy: to disarm them, or count the failures.
+    pub fn faults(&self) -> &Faults {
+        &self.settings.faults
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.world.clock
     }
@@ -434,6 +508,14 @@ impl Proxy {
     /// Every log line so far, from every VM.
     pub fn logs(&self) -> Vec<LogLine> {
         lock(&self.world.logs).clone()
+    }
+
+    /// The log lines from the `from`th on (a test that reads the log as it grows).
+    pub fn logs_since(&self, from: usize) -> Vec<LogLine> {
+        lock(&self.world.logs)
+            .get(from..)
+            .map(<[LogLine]>::to_vec)
+            .unwrap_or_default()
     }
 
     pub fn metrics(&self) -> HashMap<String, Metric> {
@@ -511,6 +593,10 @@ impl Proxy {
             req_body,
             resp_headers: Side::NotSent,
             resp_body: None,
+            upstream_headers: None,
+            upstream_trailers: None,
+            client_head: None,
+            client_trailers: None,
             upstream_request: None,
             local_reply: false,
             blocked_since: None,
@@ -539,20 +625,29 @@ impl Proxy {
         }
     }
 
-    /// The client resets a stream it began (or gives up waiting): as in Envoy, the
-    /// plugin's context gets on_log, on_done and on_delete wherever the stream
-    /// was, and nothing more reaches it; calls it dispatched are answered to no one.
+    /// The client resets a stream it began (or gives up waiting), runs the proxy
+    /// until that stream is over and returns what was observed.
     pub fn reset(&mut self, key: StreamKey) -> Outcome {
-        let found = self.workers.iter().enumerate().find_map(|(w, worker)| {
-            worker
-                .streams
-                .iter()
-                .position(|r| r.key == key.0)
-                .map(|i| (w, i))
-        });
-        if let Some((w, i)) = found
-            && self.workers[w].streams[i].phase != Phase::Done
+        self.reset_stream(key);
+        self.finish(key)
+    }
+
+    /// The client resets a stream: as in Envoy, the plugin's context gets
+    /// `on_log`, `on_done` and `on_delete` wherever the stream was, and nothing
+    /// more reaches it; calls it dispatched are answered to no one. What the
+    /// plugin already set in motion happens first (a local reply, a resume), and
+    /// a response the client already has whole stays complete.
+    pub fn reset_stream(&mut self, key: StreamKey) {
+        let Some((w, i)) = self.locate(key) else {
+            return;
+        };
+        self.run_pending(w, i);
+        if self.workers[w].streams[i].phase != Phase::Done
+            && response_complete(&self.workers[w].streams[i])
         {
+            self.step(w, i);
+        }
+        if self.workers[w].streams[i].phase != Phase::Done {
             let context = self.workers[w].streams[i].context;
             let result = match self.workers[w].vm.as_mut() {
                 Some(vm) if context != 0 => vm.finish_stream(context),
@@ -561,24 +656,196 @@ impl Proxy {
             let run = &mut self.workers[w].streams[i];
             run.trace
                 .push("client reset; on_log, on_done, on_delete".into());
-            run.result = Some((
-                ClientResponse {
-                    status: 0,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                    fault: Some(ClientFault::Reset {
-                        reason: "reset by the client".into(),
-                    }),
-                },
-                None,
-            ));
+            run.result = Some((reset_response(run, "reset by the client"), None));
             run.phase = Phase::Done;
             match result {
                 Ok(()) => self.collect_dispatched(w),
                 Err(trap) => self.crash(w, trap),
             }
         }
-        self.finish(key)
+        self.collect_done(w);
+    }
+
+    /// Where stream `key` runs: (worker, index), while it is not collected.
+    fn locate(&self, key: StreamKey) -> Option<(usize, usize)> {
+        self.workers.iter().enumerate().find_map(|(w, worker)| {
+            worker
+                .streams
+                .iter()
+                .position(|r| r.key == key.0)
+                .map(|i| (w, i))
+        })
+    }
+
+    // ── Step by step: a test chooses what happens next ────────────────────────
+
+    /// Streams begun and not over yet, in the order they were begun.
+    pub fn open_streams(&self) -> Vec<StreamKey> {
+        let mut keys: Vec<u64> = self
+            .workers
+            .iter()
+            .flat_map(|w| w.streams.iter())
+            .filter(|r| r.phase != Phase::Done)
+            .map(|r| r.key)
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter().map(StreamKey).collect()
+    }
+
+    /// What has crossed the proxy so far in a stream, each way (the final view
+    /// once it is over, until its outcome is taken with [`Proxy::finish`]).
+    pub fn wire(&self, key: StreamKey) -> Option<Wire> {
+        match self.locate(key) {
+            Some((w, i)) => Some(wire_of(&self.workers[w].streams[i])),
+            None => self.finished.get(&key.0).map(|o| o.wire.clone()),
+        }
+    }
+
+    /// The stream's context id in its VM (the `context_id` of what the plugin logs
+    /// for it), once its context exists.
+    pub fn context(&self, key: StreamKey) -> Option<u32> {
+        let id = match self.locate(key) {
+            Some((w, i)) => self.workers[w].streams[i].context,
+            None => self.finished.get(&key.0)?.context,
+        };
+        (id != 0).then_some(id)
+    }
+
+    /// Each callback of a stream so far and what it returned.
+    pub fn trace(&self, key: StreamKey) -> Vec<String> {
+        match self.locate(key) {
+            Some((w, i)) => self.workers[w].streams[i].trace.clone(),
+            None => self
+                .finished
+                .get(&key.0)
+                .map(|o| o.trace.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The outcome of a stream that is over, without running anything.
+    pub fn outcome(&self, key: StreamKey) -> Option<&Outcome> {
+        self.finished.get(&key.0)
+    }
+
+    /// Moves one stream by one host callback (or one move of the proxy's own:
+    /// the upstream answering, a resumed half going on), if it can move now
+    /// without time passing. What the plugin set in motion for other streams
+    /// meanwhile happens at once, as in Envoy. Returns whether the stream moved.
+    pub fn step_stream(&mut self, key: StreamKey) -> bool {
+        let Some((w, i)) = self.locate(key) else {
+            return false;
+        };
+        let moved = self.step(w, i);
+        self.settle(w);
+        self.collect_done(w);
+        moved
+    }
+
+    /// When the next timer is due: a worker's tick or a callout's answer.
+    pub fn next_timer(&self) -> Option<SystemTime> {
+        self.next_event_time()
+    }
+
+    /// Fires the earliest timer due at or before `until`, moving the clock to
+    /// it; what the plugin did there to its streams happens at once. Returns
+    /// whether one fired.
+    pub fn fire_next_timer_by(&mut self, until: SystemTime) -> bool {
+        let Some(t) = self.next_event_time().filter(|t| *t <= until) else {
+            return false;
+        };
+        if t > self.now() {
+            self.world.clock.set(t);
+        }
+        self.fire_one_due()
+    }
+
+    /// Fires one due timer: a tick first, else the earliest callout answer.
+    fn fire_one_due(&mut self) -> bool {
+        let now = self.now();
+        let tick = (0..self.workers.len()).find(|w| {
+            let k = &self.workers[*w];
+            k.vm.is_some() && k.failed_at.is_none() && k.next_tick.is_some_and(|t| t <= now)
+        });
+        if let Some(w) = tick {
+            self.tick_worker(w);
+            self.settle(w);
+            self.collect_done(w);
+            return true;
+        }
+        let due = self
+            .timers
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.at <= now)
+            .min_by_key(|(_, t)| t.at)
+            .map(|(i, _)| i);
+        let Some(i) = due else {
+            return false;
+        };
+        let timer = self.timers.remove(i);
+        let w = timer.worker;
+        let answered = match self.workers.get_mut(w) {
+            Some(k) if k.failed_at.is_none() => {
+                k.vm.as_mut()
+                    .map(|vm| vm.on_http_call_response(timer.token, timer.view))
+            }
+            _ => None,
+        };
+        match answered {
+            Some(Ok(())) => self.collect_dispatched(w),
+            Some(Err(trap)) => self.crash(w, trap),
+            None => return true,
+        }
+        self.settle(w);
+        self.collect_done(w);
+        true
+    }
+
+    /// Applies what the plugin asked of worker `w`'s streams from outside their
+    /// own callbacks: a resumed request leaves, a reset happens, a local reply
+    /// runs to its end (Envoy sends it before anything else happens).
+    fn settle(&mut self, w: usize) {
+        for i in 0..self.workers[w].streams.len() {
+            self.run_pending(w, i);
+        }
+    }
+
+    /// Steps stream `i` of worker `w` while the plugin has left something for the
+    /// proxy to do (a flag, a local reply under way); bounded, as a local reply
+    /// takes a few callbacks.
+    fn run_pending(&mut self, w: usize, i: usize) {
+        for _ in 0..8 {
+            let run = &self.workers[w].streams[i];
+            if run.phase == Phase::Done {
+                return;
+            }
+            let flagged = self.workers[w]
+                .vm
+                .as_ref()
+                .and_then(|vm| vm.state().streams.get(&run.context))
+                .is_some_and(|s| {
+                    s.local_reply.is_some() || s.continue_request || s.continue_response || s.reset
+                });
+            let replying = run.local_reply && run.phase == Phase::Response;
+            if !(flagged || replying) || !self.step(w, i) {
+                return;
+            }
+        }
+    }
+
+    /// Moves finished streams of worker `w` to the finished outcomes.
+    fn collect_done(&mut self, w: usize) {
+        let mut i = 0;
+        while i < self.workers[w].streams.len() {
+            if self.workers[w].streams[i].phase == Phase::Done {
+                let run = self.workers[w].streams.remove(i);
+                let (key, outcome) = self.outcome_of(run);
+                self.finished.insert(key, outcome);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Runs every stream until none can move without time passing. Returns
@@ -588,20 +855,12 @@ impl Proxy {
         loop {
             let mut progressed = false;
             for w in 0..self.workers.len() {
-                let mut i = 0;
-                while i < self.workers[w].streams.len() {
+                for i in 0..self.workers[w].streams.len() {
                     if self.step(w, i) {
                         progressed = true;
                     }
-                    let run = &self.workers[w].streams[i];
-                    if run.phase == Phase::Done {
-                        let run = self.workers[w].streams.remove(i);
-                        let outcome = self.outcome_of(run);
-                        self.finished.insert(outcome.0, outcome.1);
-                    } else {
-                        i += 1;
-                    }
                 }
+                self.collect_done(w);
             }
             progressed |= self.deliver_due_timers();
             if !progressed {
@@ -613,6 +872,8 @@ impl Proxy {
 
     fn outcome_of(&self, run: StreamRun) -> (u64, Outcome) {
         let logs = lock(&self.world.logs);
+        let wire = wire_of(&run);
+        let context = run.context;
         let (client, trap) = run.result.unwrap_or_else(|| (empty_503(self.now()), None));
         let outcome = Outcome {
             client,
@@ -628,6 +889,8 @@ impl Proxy {
                 .map(<[Callout]>::to_vec)
                 .unwrap_or_default(),
             trace: run.trace,
+            wire,
+            context,
         };
         (run.key, outcome)
     }
@@ -775,26 +1038,41 @@ impl Proxy {
         }
     }
 
+    /// Nothing can move any more: every client still waiting gives up. As in
+    /// Envoy, the plugin's context then gets `on_log`, `on_done` and `on_delete`.
     fn stall_blocked(&mut self) {
         for w in 0..self.workers.len() {
-            for run in &mut self.workers[w].streams {
-                if run.phase != Phase::Done {
-                    let waiting_for = match run.phase {
-                        Phase::Request | Phase::Begin => "the request to be continued",
-                        _ => "the response to be continued",
-                    };
-                    let client = ClientResponse {
-                        status: 0,
-                        headers: Vec::new(),
-                        body: Vec::new(),
-                        fault: Some(ClientFault::Stalled {
-                            waiting_for: waiting_for.to_owned(),
-                        }),
-                    };
-                    run.trace.push(format!("stalled waiting for {waiting_for}"));
-                    run.result = Some((client, None));
-                    run.phase = Phase::Done;
+            let mut trap = None;
+            let Worker { vm, streams, .. } = &mut self.workers[w];
+            for run in streams.iter_mut() {
+                if run.phase == Phase::Done {
+                    continue;
                 }
+                let waiting_for = match run.phase {
+                    Phase::Request | Phase::Begin => "the request to be continued",
+                    _ => "the response to be continued",
+                };
+                let mut client = if run.client_head.is_some() {
+                    client_view(run)
+                } else {
+                    no_response()
+                };
+                client.fault = Some(ClientFault::Stalled {
+                    waiting_for: waiting_for.to_owned(),
+                });
+                run.trace.push(format!("stalled waiting for {waiting_for}"));
+                run.result = Some((client, None));
+                run.phase = Phase::Done;
+                if let Some(vm) = vm.as_mut()
+                    && run.context != 0
+                    && trap.is_none()
+                    && let Err(t) = vm.finish_stream(run.context)
+                {
+                    trap = Some(t);
+                }
+            }
+            if let Some(t) = trap {
+                self.crash(w, t);
             }
         }
         self.run_idle();
@@ -924,14 +1202,14 @@ impl Proxy {
             "on_request_headers(n={n}, eos={eos}) -> {action:?}"
         ));
         run.phase = Phase::Request;
-        if let Some(s) = vm.state_mut().streams.get_mut(&id) {
-            match action {
-                Action::Continue => {
+        match action {
+            Action::Continue => {
+                if let Some(s) = vm.state_mut().streams.get_mut(&id) {
                     s.request_map = Access::Gone;
-                    run.req_headers = Side::Released;
                 }
-                Action::Pause => run.req_headers = Side::Held,
+                release_request_headers(vm, run);
             }
+            Action::Pause => run.req_headers = Side::Held,
         }
         Ok(true)
     }
@@ -950,18 +1228,13 @@ impl Proxy {
             start_local_reply(vm, run, reply, now);
             return Ok(true);
         }
-        // A held body may have been replaced from another context (a call's answer).
-        if let Some(held) = held_body(vm, id, true) {
-            run.req_body.buffered = held;
+        if take_flag(vm, id, |s| &mut s.reset) {
+            // Reset before any response: the client gets nothing.
+            run.trace.push("stream reset by the plugin".into());
+            let client = reset_response(run, "stream reset");
+            return finish_run(vm, run, client).map(|()| true);
         }
-        if take_flag(vm, id, |s| &mut s.continue_request) {
-            run.trace.push("continue_stream(request)".into());
-            if run.req_headers == Side::Held {
-                run.req_headers = Side::Released;
-            }
-            run.req_body.release();
-            set_body(vm, id, None, true);
-        }
+        take_request_continue(vm, run);
         let headers_held = run.req_headers == Side::Held;
         let can_deliver = !headers_held || allow;
         let body = &mut run.req_body;
@@ -999,9 +1272,7 @@ impl Proxy {
                 body.input_done = true;
             }
             if action == Action::Continue {
-                run.req_headers = Side::Released;
-                body.release();
-                set_body(vm, id, None, true);
+                release_request(vm, run);
             }
             return Ok(true);
         }
@@ -1018,42 +1289,32 @@ impl Proxy {
             run.trace
                 .push(format!("on_request_trailers(n={n}) -> {action:?}"));
             run.req_body.input_done = true;
+            run.req_body.trailers_delivered = true;
             run.req_body.buffered = held_body(vm, id, true).unwrap_or_default();
             if action == Action::Continue {
-                if let Some(s) = vm.state_mut().streams.get_mut(&id) {
-                    s.request_trailers_map = Access::Gone;
-                }
-                run.req_headers = Side::Released;
-                run.req_body.release();
-                set_body(vm, id, None, true);
+                release_request(vm, run);
             }
             return Ok(true);
         }
         let complete = run.req_headers == Side::Released
             && run.req_body.input_done
-            && run.req_body.buffered.is_empty();
-        if !complete {
-            return Ok(false);
-        }
-        // The request leaves for the upstream.
-        let state = vm.state_mut();
-        let Some(s) = state.streams.get_mut(&id) else {
+            && run.req_body.buffered.is_empty()
+            && (!run.req_body.trailers_delivered || run.upstream_trailers.is_some());
+        let Some(headers) = run.upstream_headers.as_ref().filter(|_| complete) else {
             return Ok(false);
         };
-        // The router adds its header to the filter's own request map, so a filter
-        // that paused the request headers sees it later (and in on_log).
-        if !s
-            .request_headers
-            .iter()
-            .any(|(n, _)| n == "x-envoy-expected-rq-timeout-ms")
-        {
-            s.request_headers
-                .push(("x-envoy-expected-rq-timeout-ms".into(), b"15000".to_vec()));
-        }
-        let upstream_request = upstream_view(&s.request_headers, &run.req_body.released);
+        // The whole request is with the upstream: it answers.
+        let upstream_request = upstream_view(
+            headers,
+            &run.req_body.released,
+            run.upstream_trailers.clone().unwrap_or_default(),
+        );
         run.trace.push("request sent upstream".into());
         let response = run.upstream.respond(&upstream_request);
         run.upstream_request = Some(upstream_request);
+        let Some(s) = vm.state_mut().streams.get_mut(&id) else {
+            return Ok(false);
+        };
         let mut headers: HeaderList =
             vec![(":status".into(), response.status.to_string().into_bytes())];
         headers.extend(merge_inline(
@@ -1071,8 +1332,6 @@ impl Proxy {
         }
         headers.push(("x-envoy-upstream-service-time".into(), b"1".to_vec()));
         s.response_headers = headers;
-        s.response_code = Some(response.status);
-        s.response_code_details = Some("via_upstream".into());
         run.resp_body = Some(Body::new(
             response.chunks,
             response.trailers,
@@ -1093,6 +1352,15 @@ impl Proxy {
         let run = &mut worker.streams[i];
         let id = run.context;
         if let Some(reply) = take_local_reply(vm, id) {
+            if run.client_head.is_some() {
+                // Envoy: "Prior headers have already been sent": it resets.
+                run.trace.push(format!(
+                    "local reply {} after the response headers left: reset",
+                    reply.status
+                ));
+                let client = reset_response(run, "local reply after the headers were sent");
+                return finish_run(vm, run, client).map(|()| true);
+            }
             // From a response callback: the reply replaces status, headers and
             // body, and the filter sees no new response headers.
             run.trace.push(format!(
@@ -1106,43 +1374,33 @@ impl Proxy {
             let client = client_from_local_reply(&reply, now);
             return finish_run(vm, run, client).map(|()| true);
         }
-        if take_flag(vm, id, |s| s.reset_ref()) {
+        if take_flag(vm, id, |s| &mut s.reset) {
             run.trace.push("stream reset by the plugin".into());
-            let client = reset_response(run, vm);
+            let client = reset_response(run, "stream reset");
             return finish_run(vm, run, client).map(|()| true);
         }
-        if let (Some(held), Some(b)) = (held_body(vm, id, false), run.resp_body.as_mut()) {
-            b.buffered = held;
-        }
-        if take_flag(vm, id, |s| &mut s.continue_response) {
-            run.trace.push("continue_stream(response)".into());
-            if run.resp_headers == Side::Held {
-                run.resp_headers = Side::Released;
-            }
-            if let Some(b) = run.resp_body.as_mut() {
-                b.release();
-            }
-            set_body(vm, id, None, false);
-        }
+        take_response_continue(vm, run, now);
         let Some(body) = run.resp_body.as_mut() else {
             return Ok(false);
         };
         if run.resp_headers == Side::NotSent {
             let n = count_headers_response(vm, id);
             let eos = body.input_done;
+            let from_upstream = !run.local_reply;
             if let Some(s) = vm.state_mut().streams.get_mut(&id) {
                 s.response_map = Access::Open;
+                if from_upstream {
+                    // Envoy's router notes the upstream's status as its headers
+                    // arrive, in the same event that hands them to the filter.
+                    s.response_code = status_of(&s.response_headers);
+                    s.response_code_details = Some("via_upstream".into());
+                }
             }
             let action = vm.on_response_headers(id, n, eos)?;
             run.trace.push(format!(
                 "on_response_headers(n={n}, eos={eos}) -> {action:?}"
             ));
-            if vm
-                .state()
-                .streams
-                .get(&id)
-                .is_some_and(|s| s.local_reply.is_some())
-            {
+            if has_local_reply(vm, id) {
                 return Ok(true);
             }
             match action {
@@ -1150,7 +1408,7 @@ impl Proxy {
                     if let Some(s) = vm.state_mut().streams.get_mut(&id) {
                         s.response_map = Access::Gone;
                     }
-                    run.resp_headers = Side::Released;
+                    release_response_headers(vm, run, now);
                 }
                 Action::Pause => run.resp_headers = Side::Held,
             }
@@ -1188,17 +1446,10 @@ impl Proxy {
                         now,
                     )
                 } else {
-                    let mut c = reset_response(run, vm);
-                    c.fault = Some(ClientFault::Reset {
-                        reason: "response_payload_too_large".into(),
-                    });
-                    c
+                    reset_response(run, "response_payload_too_large")
                 };
                 return finish_run(vm, run, client).map(|()| true);
             }
-            let Some(body) = run.resp_body.as_mut() else {
-                return Ok(false);
-            };
             set_body(vm, id, Some(body.buffered.clone()), false);
             let size = body.buffered.len() as u32;
             let action = vm.on_response_body(id, size, eos)?;
@@ -1212,18 +1463,11 @@ impl Proxy {
             if eos {
                 body.input_done = true;
             }
-            if vm
-                .state()
-                .streams
-                .get(&id)
-                .is_some_and(|s| s.local_reply.is_some())
-            {
+            if has_local_reply(vm, id) {
                 return Ok(true);
             }
             if action == Action::Continue {
-                run.resp_headers = Side::Released;
-                body.release();
-                set_body(vm, id, None, false);
+                release_response(vm, run, now);
             }
             return Ok(true);
         }
@@ -1240,46 +1484,177 @@ impl Proxy {
             let action = vm.on_response_trailers(id, n)?;
             run.trace
                 .push(format!("on_response_trailers(n={n}) -> {action:?}"));
-            if vm
-                .state()
-                .streams
-                .get(&id)
-                .is_some_and(|s| s.local_reply.is_some())
-            {
+            if has_local_reply(vm, id) {
                 return Ok(true);
             }
             let held = held_body(vm, id, false).unwrap_or_default();
             if let Some(b) = run.resp_body.as_mut() {
                 b.input_done = true;
+                b.trailers_delivered = true;
                 b.buffered = held;
-                if action == Action::Continue {
-                    if let Some(s) = vm.state_mut().streams.get_mut(&id) {
-                        s.response_trailers_map = Access::Gone;
-                    }
-                    run.resp_headers = Side::Released;
-                    b.release();
-                    set_body(vm, id, None, false);
-                }
+            }
+            if action == Action::Continue {
+                release_response(vm, run, now);
             }
             return Ok(true);
         }
-        let Some(body) = run.resp_body.as_ref() else {
-            return Ok(false);
-        };
-        let complete =
-            run.resp_headers == Side::Released && body.input_done && body.buffered.is_empty();
-        if !complete {
+        if !response_complete(run) {
             return Ok(false);
         }
-        let client = client_view(vm, run, &body.released, now);
+        let client = client_view(run);
         finish_run(vm, run, client).map(|()| true)
     }
 }
 
-impl StreamHost {
-    fn reset_ref(&mut self) -> &mut bool {
-        &mut self.reset
+/// A resumed request (`continue_stream`, from its own callback or another
+/// context) goes on with everything held so far. A held body may have been
+/// replaced meanwhile (from a call's answer): what the host holds is what goes.
+fn take_request_continue(vm: &mut Vm, run: &mut StreamRun) {
+    let id = run.context;
+    if let Some(held) = held_body(vm, id, true) {
+        run.req_body.buffered = held;
     }
+    if take_flag(vm, id, |s| &mut s.continue_request) {
+        run.trace.push("continue_stream(request)".into());
+        release_request(vm, run);
+    }
+}
+
+fn take_response_continue(vm: &mut Vm, run: &mut StreamRun, now: SystemTime) {
+    let id = run.context;
+    if let (Some(held), Some(b)) = (held_body(vm, id, false), run.resp_body.as_mut()) {
+        b.buffered = held;
+    }
+    if take_flag(vm, id, |s| &mut s.continue_response) {
+        run.trace.push("continue_stream(response)".into());
+        release_response(vm, run, now);
+    }
+}
+
+/// The request's headers leave for the upstream (once): the router adds its
+/// timeout header to the filter's map as it takes them, so a filter that paused
+/// them sees it later (and in `on_log`), and the upstream gets the map as it is
+/// now; edits after this reach nobody.
+fn release_request_headers(vm: &mut Vm, run: &mut StreamRun) {
+    run.req_headers = Side::Released;
+    if run.upstream_headers.is_some() {
+        return;
+    }
+    let Some(s) = vm.state_mut().streams.get_mut(&run.context) else {
+        return;
+    };
+    if !s
+        .request_headers
+        .iter()
+        .any(|(n, _)| n == "x-envoy-expected-rq-timeout-ms")
+    {
+        s.request_headers
+            .push(("x-envoy-expected-rq-timeout-ms".into(), b"15000".to_vec()));
+    }
+    run.upstream_headers = Some(s.request_headers.clone());
+}
+
+/// Everything of the request held so far goes on: headers, body, trailers.
+fn release_request(vm: &mut Vm, run: &mut StreamRun) {
+    release_request_headers(vm, run);
+    run.req_body.release();
+    set_body(vm, run.context, None, true);
+    if run.req_body.trailers_delivered
+        && run.upstream_trailers.is_none()
+        && let Some(s) = vm.state_mut().streams.get_mut(&run.context)
+    {
+        s.request_trailers_map = Access::Gone;
+        run.upstream_trailers = Some(s.request_trailers.clone());
+    }
+}
+
+/// The response's status and headers leave for the client (once), as the
+/// filter left them, with Envoy's `date` and `server`.
+fn release_response_headers(vm: &Vm, run: &mut StreamRun, now: SystemTime) {
+    run.resp_headers = Side::Released;
+    if run.client_head.is_some() {
+        return;
+    }
+    let headers = vm
+        .state()
+        .streams
+        .get(&run.context)
+        .map(|s| s.response_headers.clone())
+        .unwrap_or_default();
+    run.client_head = Some(finalize_headers(headers, now));
+}
+
+/// Everything of the response held so far goes on: headers, body, trailers.
+fn release_response(vm: &mut Vm, run: &mut StreamRun, now: SystemTime) {
+    release_response_headers(vm, run, now);
+    let Some(b) = run.resp_body.as_mut() else {
+        return;
+    };
+    b.release();
+    let delivered = b.trailers_delivered;
+    set_body(vm, run.context, None, false);
+    if delivered
+        && run.client_trailers.is_none()
+        && let Some(s) = vm.state_mut().streams.get_mut(&run.context)
+    {
+        s.response_trailers_map = Access::Gone;
+        run.client_trailers = Some(s.response_trailers.clone());
+    }
+}
+
+/// The client has the whole response: headers, the body to its end, and the
+/// trailers if there were any.
+fn response_complete(run: &StreamRun) -> bool {
+    let Some(b) = run.resp_body.as_ref() else {
+        return false;
+    };
+    run.resp_headers == Side::Released
+        && b.input_done
+        && b.buffered.is_empty()
+        && (!b.trailers_delivered || run.client_trailers.is_some())
+}
+
+fn status_of(headers: &HeaderList) -> Option<u16> {
+    headers
+        .iter()
+        .find(|(n, _)| n == ":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
+}
+
+fn has_local_reply(vm: &Vm, id: u32) -> bool {
+    vm.state()
+        .streams
+        .get(&id)
+        .is_some_and(|s| s.local_reply.is_some())
+}
+
+/// What has crossed so far: from the stream's snapshots while it runs, from what
+/// the client finally got once it is over.
+fn wire_of(run: &StreamRun) -> Wire {
+    let mut wire = Wire {
+        upstream_headers: run.upstream_headers.clone(),
+        upstream_body: run.req_body.released.clone(),
+        upstream_trailers: run.upstream_trailers.clone(),
+        client_head: run.client_head.clone(),
+        client_body: run
+            .resp_body
+            .as_ref()
+            .map(|b| b.released.clone())
+            .unwrap_or_default(),
+        client_trailers: run.client_trailers.clone(),
+        client_end: None,
+    };
+    if let Some((c, _)) = &run.result {
+        let received = c.status != 0;
+        wire.client_head = received.then(|| (c.status, c.headers.clone()));
+        wire.client_body.clone_from(&c.body);
+        wire.client_trailers = (received && !c.trailers.is_empty()).then(|| c.trailers.clone());
+        wire.client_end = Some(match c.fault {
+            Some(ClientFault::Reset { .. } | ClientFault::Stalled { .. }) => ClientEnd::Reset,
+            Some(ClientFault::LengthMismatch { .. }) | None => ClientEnd::Complete,
+        });
+    }
+    wire
 }
 
 fn vm_tick_period(worker: &Worker) -> Option<Duration> {
@@ -1293,183 +1668,7 @@ fn lower_all(headers: HeaderList) -> HeaderList {
         .collect()
 }
 
-/// Envoy 1.40's inline request headers, as it lists them at start-up ("request
-/// header map"). Its codec joins repeats of these with `,` before any filter sees
-/// them; other headers stay separate entries.
-pub const INLINE_REQUEST_HEADERS: &[&str] = &[
-    ":authority",
-    ":method",
-    ":path",
-    ":protocol",
-    ":scheme",
-    "accept",
-    "accept-encoding",
-    "access-control-request-headers",
-    "access-control-request-method",
-    "access-control-request-private-network",
-    "authentication",
-    "authorization",
-    "cache-control",
-    "cdn-loop",
-    "connection",
-    "content-encoding",
-    "content-length",
-    "content-type",
-    "expect",
-    "grpc-accept-encoding",
-    "grpc-timeout",
-    "if-match",
-    "if-modified-since",
-    "if-none-match",
-    "if-range",
-    "if-unmodified-since",
-    "keep-alive",
-    "origin",
-    "pragma",
-    "proxy-connection",
-    "proxy-status",
-    "referer",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "user-agent",
-    "via",
-    "x-client-trace-id",
-    "x-envoy-attempt-count",
-    "x-envoy-decorator-operation",
-    "x-envoy-downstream-service-cluster",
-    "x-envoy-downstream-service-node",
-    "x-envoy-expected-rq-timeout-ms",
-    "x-envoy-external-address",
-    "x-envoy-force-trace",
-    "x-envoy-hedge-on-per-try-timeout",
-    "x-envoy-internal",
-    "x-envoy-ip-tags",
-    "x-envoy-is-timeout-retry",
-    "x-envoy-max-retries",
-    "x-envoy-original-host",
-    "x-envoy-original-path",
-    "x-envoy-original-url",
-    "x-envoy-retriable-header-names",
-    "x-envoy-retriable-status-codes",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-retry-on",
-    "x-envoy-upstream-alt-stat-name",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-alt-response",
-    "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-stream-duration-ms",
-    "x-forwarded-client-cert",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-    "x-request-id",
-];
-
-/// Envoy 1.40's inline response headers ("response header map" at start-up).
-pub const INLINE_RESPONSE_HEADERS: &[&str] = &[
-    ":status",
-    "access-control-allow-credentials",
-    "access-control-allow-headers",
-    "access-control-allow-methods",
-    "access-control-allow-origin",
-    "access-control-allow-private-network",
-    "access-control-expose-headers",
-    "access-control-max-age",
-    "age",
-    "cache-control",
-    "connection",
-    "content-encoding",
-    "content-length",
-    "content-type",
-    "date",
-    "etag",
-    "expires",
-    "grpc-message",
-    "grpc-status",
-    "keep-alive",
-    "last-modified",
-    "location",
-    "proxy-connection",
-    "proxy-status",
-    "server",
-    "transfer-encoding",
-    "upgrade",
-    "vary",
-    "via",
-    "x-envoy-attempt-count",
-    "x-envoy-decorator-operation",
-    "x-envoy-degraded",
-    "x-envoy-immediate-health-check-fail",
-    "x-envoy-ratelimited",
-    "x-envoy-upstream-canary",
-    "x-envoy-upstream-healthchecked-cluster",
-    "x-envoy-upstream-service-time",
-    "x-request-id",
-];
-
-/// Joins repeated inline headers with `,` into their first occurrence, as Envoy's
-/// codec does.
-fn merge_inline(headers: HeaderList, inline: &[&str]) -> HeaderList {
-    let mut out: HeaderList = Vec::new();
-    for (n, v) in headers {
-        if inline.contains(&n.as_str())
-            && let Some((_, existing)) = out.iter_mut().find(|(m, _)| *m == n)
-        {
-            existing.push(b',');
-            existing.extend_from_slice(&v);
-            continue;
-        }
-        out.push((n, v));
-    }
-    out
-}
-
-/// The request headers as Envoy's connection manager hands them to filters.
-fn hcm_request_headers(r: &Request, request_id: &str) -> HeaderList {
-    let mut h: HeaderList = Vec::new();
-    let mut authority = r.authority.clone();
-    let mut extra: HeaderList = Vec::new();
-    for (n, v) in &r.headers {
-        let n = n.to_ascii_lowercase();
-        if n == "host" || n == ":authority" {
-            authority = String::from_utf8_lossy(v).into_owned();
-        } else {
-            extra.push((n, v.clone()));
-        }
-    }
-    if r.http2 {
-        h.push((":method".into(), r.method.clone().into_bytes()));
-        h.push((":path".into(), r.path.clone().into_bytes()));
-        h.push((":scheme".into(), scheme(r).into()));
-        h.push((":authority".into(), authority.into_bytes()));
-    } else {
-        h.push((":authority".into(), authority.into_bytes()));
-        h.push((":path".into(), r.path.clone().into_bytes()));
-        h.push((":method".into(), r.method.clone().into_bytes()));
-        h.push((":scheme".into(), scheme(r).into()));
-    }
-    let has_id = extra.iter().any(|(n, _)| n == "x-request-id");
-    // An HTTP/1.1 client sends `content-length` with its own headers, so Envoy's
-    // map has it there, before the headers the connection manager appends.
-    if !r.http2 && !r.chunks.is_empty() && !extra.iter().any(|(n, _)| n == "content-length") {
-        let len: usize = r.chunks.iter().map(Vec::len).sum();
-        extra.push(("content-length".into(), len.to_string().into_bytes()));
-    }
-    h.extend(merge_inline(extra, INLINE_REQUEST_HEADERS));
-    h.push(("x-forwarded-proto".into(), scheme(r).into()));
-    if !has_id {
-        h.push(("x-request-id".into(), request_id.as_bytes().to_vec()));
-    }
-    h
-}
-
-fn scheme(r: &Request) -> &'static [u8] {
-    if r.peer.is_some() { b"https" } else { b"http" }
-}
-
-fn upstream_view(headers: &HeaderList, body: &[u8]) -> UpstreamRequest {
+fn upstream_view(headers: &HeaderList, body: &[u8], trailers: HeaderList) -> UpstreamRequest {
     let pseudo = |name: &str| {
         headers
             .iter()
@@ -1488,6 +1687,7 @@ fn upstream_view(headers: &HeaderList, body: &[u8]) -> UpstreamRequest {
         authority: pseudo(":authority"),
         headers: regular,
         body: body.to_vec(),
+        trailers,
     }
 }
 
@@ -1548,27 +1748,6 @@ fn set_body(vm: &mut Vm, id: u32, body: Option<Vec<u8>>, request: bool) -> Optio
     }
 }
 
-/// The headers Envoy builds for a local reply: the plugin's, plus
-/// `content-length`, plus `content-type: text/plain` for a body without one.
-fn local_reply_headers(reply: &LocalReplyCall) -> HeaderList {
-    let mut h: HeaderList = merge_inline(reply.headers.clone(), INLINE_RESPONSE_HEADERS);
-    h.insert(0, (":status".into(), reply.status.to_string().into_bytes()));
-    if reply.body.is_empty() {
-        // Without a body Envoy drops any content-length (its codec sends 0).
-        h.retain(|(n, _)| n != "content-length");
-    } else {
-        let len = reply.body.len().to_string().into_bytes();
-        match h.iter_mut().find(|(n, _)| n == "content-length") {
-            Some((_, v)) => *v = len,
-            None => h.push(("content-length".into(), len)),
-        }
-        if !h.iter().any(|(n, _)| n == "content-type") {
-            h.push(("content-type".into(), b"text/plain".to_vec()));
-        }
-    }
-    h
-}
-
 /// A local reply sent on the request path: it travels back through the filter's
 /// response callbacks, headers first, then the whole body in one callback with
 /// end of stream.
@@ -1595,122 +1774,21 @@ fn start_local_reply(vm: &mut Vm, run: &mut StreamRun, reply: LocalReplyCall, _n
     run.phase = Phase::Response;
 }
 
-/// An IMF-fixdate (`Fri, 27 Nov 2026 08:00:00 GMT`), as Envoy writes `date`.
-fn http_date(now: SystemTime) -> Vec<u8> {
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-        WEEKDAYS[days.rem_euclid(7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-    .into_bytes()
-}
-
-/// What the client receives: the response headers as the filter left them,
-/// less hop-by-hop headers, with `server: envoy` and a `date`.
-fn finalize_headers(mut headers: HeaderList, now: SystemTime) -> (u16, HeaderList) {
-    let status = headers
-        .iter()
-        .find(|(n, _)| n == ":status")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
-        .unwrap_or(0);
-    headers.retain(|(n, _)| {
-        !n.starts_with(':')
-            && !matches!(
-                n.as_str(),
-                "connection" | "keep-alive" | "transfer-encoding" | "proxy-connection" | "upgrade"
-            )
-    });
-    // Envoy keeps a `date` it is given and appends its own otherwise; it
-    // overwrites `server` where it stands, or appends it after `date`.
-    if !headers.iter().any(|(n, _)| n == "date") {
-        headers.push(("date".into(), http_date(now)));
-    }
-    match headers.iter().position(|(n, _)| n == "server") {
-        Some(i) => {
-            headers[i].1 = b"envoy".to_vec();
-            let mut k = 0;
-            headers.retain(|(n, _)| {
-                let keep = n != "server" || k == i;
-                k += 1;
-                keep
-            });
-        }
-        None => headers.push(("server".into(), b"envoy".to_vec())),
-    }
-    (status, headers)
-}
-
-/// Compares `content-length` with what was sent, as an HTTP/1.1 client would
-/// notice. A response to HEAD, and a 204 or 304, carry no body whatever the
-/// length says.
-fn with_length_check(mut client: ClientResponse, head: bool) -> ClientResponse {
-    if head || client.status == 204 || client.status == 304 {
-        return client;
-    }
-    let declared = client
-        .headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
-    match declared {
-        Some(d) if d != client.body.len() => {
-            client.fault = Some(ClientFault::LengthMismatch {
-                declared: d,
-                sent: client.body.len(),
-            });
-        }
-        Some(_) => {}
-        None => {
-            if client.body.is_empty() {
-                client
-                    .headers
-                    .push(("content-length".into(), b"0".to_vec()));
-            } else {
-                client
-                    .headers
-                    .push(("transfer-encoding".into(), b"chunked".to_vec()));
-            }
-        }
-    }
-    client
-}
-
-fn client_view(vm: &Vm, run: &StreamRun, body: &[u8], now: SystemTime) -> ClientResponse {
-    let id = run.context;
-    let headers = vm
-        .state()
-        .streams
-        .get(&id)
-        .map(|s| s.response_headers.clone())
+/// What the client has of the response: what was released, with its framing
+/// checked as an HTTP/1.1 client would.
+fn client_view(run: &StreamRun) -> ClientResponse {
+    let (status, headers) = run.client_head.clone().unwrap_or_default();
+    let body = run
+        .resp_body
+        .as_ref()
+        .map(|b| b.released.clone())
         .unwrap_or_default();
-    let (status, headers) = finalize_headers(headers, now);
     with_length_check(
         ClientResponse {
             status,
             headers,
-            body: body.to_vec(),
+            body,
+            trailers: run.client_trailers.clone().unwrap_or_default(),
             fault: None,
         },
         run.request.method == "HEAD",
@@ -1724,6 +1802,7 @@ fn client_from_local_reply(reply: &LocalReplyCall, now: SystemTime) -> ClientRes
             status,
             headers,
             body: reply.body.clone(),
+            trailers: Vec::new(),
             fault: None,
         },
         false,
@@ -1739,50 +1818,44 @@ fn empty_503(now: SystemTime) -> ClientResponse {
             ("content-length".into(), b"0".to_vec()),
         ],
         body: Vec::new(),
+        trailers: Vec::new(),
         fault: None,
     }
 }
 
 /// A crash answers 503 with an empty body, or resets a response already begun.
 fn crashed_response(run: &StreamRun, now: SystemTime) -> ClientResponse {
-    if run.resp_headers == Side::Released {
-        ClientResponse {
-            status: 0,
-            headers: Vec::new(),
-            body: run
-                .resp_body
-                .as_ref()
-                .map(|b| b.released.clone())
-                .unwrap_or_default(),
-            fault: Some(ClientFault::Reset {
-                reason: "the plugin crashed after the response headers were sent".into(),
-            }),
-        }
+    if run.client_head.is_some() {
+        reset_response(
+            run,
+            "the plugin crashed after the response headers were sent",
+        )
     } else {
         empty_503(now)
     }
 }
 
-fn reset_response(run: &StreamRun, vm: &Vm) -> ClientResponse {
-    let mut c = if run.resp_headers == Side::Released {
-        let body = run
-            .resp_body
-            .as_ref()
-            .map(|b| b.released.clone())
-            .unwrap_or_default();
-        client_view(vm, run, &body, SystemTime::UNIX_EPOCH)
+/// A reset stream: the client keeps what it received, and no complete answer.
+fn reset_response(run: &StreamRun, reason: &str) -> ClientResponse {
+    let mut c = if run.client_head.is_some() {
+        client_view(run)
     } else {
-        ClientResponse {
-            status: 0,
-            headers: Vec::new(),
-            body: Vec::new(),
-            fault: None,
-        }
+        no_response()
     };
     c.fault = Some(ClientFault::Reset {
-        reason: "stream reset".into(),
+        reason: reason.to_owned(),
     });
     c
+}
+
+fn no_response() -> ClientResponse {
+    ClientResponse {
+        status: 0,
+        headers: Vec::new(),
+        body: Vec::new(),
+        trailers: Vec::new(),
+        fault: None,
+    }
 }
 
 fn finish_run(vm: &mut Vm, run: &mut StreamRun, client: ClientResponse) -> Result<(), Trap> {

@@ -51,6 +51,10 @@ pub struct RequestSpec {
     pub chunks: Option<Vec<String>>,
     #[serde(default)]
     pub body_base64: Option<String>,
+    /// Trailers, sent after the body (a value that is an array is sent once per
+    /// element).
+    #[serde(default)]
+    pub trailers: BTreeMap<String, HeaderValue>,
     #[serde(default)]
     pub peer: Option<PeerSpec>,
     #[serde(default)]
@@ -76,6 +80,9 @@ pub struct ResponseSpec {
     pub chunks: Option<Vec<String>>,
     #[serde(default)]
     pub body_base64: Option<String>,
+    /// Trailers, sent after the body (the upstream only).
+    #[serde(default)]
+    pub trailers: BTreeMap<String, HeaderValue>,
     /// Answer after this many milliseconds (callouts only).
     #[serde(default)]
     pub delay_ms: u64,
@@ -182,6 +189,7 @@ impl Exchange {
         }
         req.headers = header_list(&r.headers);
         req.chunks = body_chunks(&r.body, &r.chunks, &r.body_base64).context("$.request")?;
+        req.trailers = header_list(&r.trailers);
         if let Some(p) = &r.peer {
             let mut sans = p.uri_sans.clone();
             if let Some(s) = &p.uri_san {
@@ -210,6 +218,22 @@ impl Exchange {
         }
     }
 
+    /// The answers to outgoing calls, keyed by `authority + path`, with their
+    /// delays.
+    pub fn callout_answers(&self) -> Result<BTreeMap<String, (Response, Duration)>> {
+        let mut table = BTreeMap::new();
+        for (key, spec) in &self.callouts {
+            if !spec.trailers.is_empty() {
+                bail!(
+                    "$.callouts.{key}.trailers: a call's answer reaches the plugin without trailers"
+                );
+            }
+            let r = response_of(spec).with_context(|| format!("$.callouts.{key}"))?;
+            table.insert(key.clone(), (r, Duration::from_millis(spec.delay_ms)));
+        }
+        Ok(table)
+    }
+
     pub fn time(&self) -> Result<SystemTime> {
         match &self.now {
             None => Ok(SystemTime::now()),
@@ -233,13 +257,7 @@ impl Exchange {
         let request = self.client_request().map_err(StartError::Load)?;
         let response = self.upstream_response().map_err(StartError::Load)?;
         let now = self.time().map_err(StartError::Load)?;
-        let mut table: BTreeMap<String, (Response, Duration)> = BTreeMap::new();
-        for (key, spec) in &self.callouts {
-            let r = response_of(spec)
-                .with_context(|| format!("$.callouts.{key}"))
-                .map_err(StartError::Load)?;
-            table.insert(key.clone(), (r, Duration::from_millis(spec.delay_ms)));
-        }
+        let table = self.callout_answers().map_err(StartError::Load)?;
         let mut builder = Proxy::builder(plugin);
         for (k, v) in env {
             builder = builder.env(k, v);
@@ -266,11 +284,13 @@ fn response_of(spec: &ResponseSpec) -> Result<Response> {
     let mut r = Response::new(spec.status);
     r.headers = header_list(&spec.headers);
     r.chunks = body_chunks(&spec.body, &spec.chunks, &spec.body_base64)?;
+    r.trailers = header_list(&spec.trailers);
     let has_length = r
         .headers
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case("content-length"));
-    if !has_length && spec.chunks.is_none() && !r.chunks.is_empty() {
+    // A body with trailers goes chunked, as an HTTP/1.1 upstream sends it.
+    if !has_length && spec.chunks.is_none() && r.trailers.is_empty() && !r.chunks.is_empty() {
         let len = r.body_bytes().len();
         r.headers
             .push(("content-length".into(), len.to_string().into_bytes()));
@@ -381,6 +401,32 @@ mod tests {
             .time()
             .unwrap_err();
         assert!(e.to_string().contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn trailers_follow_the_body_on_both_sides() {
+        let x = Exchange::from_json(
+            r#"{"request":{"method":"POST","path":"/a","body":"{}","trailers":{"x-sum":"1","x-two":["a","b"]}},
+               "upstream":{"body":{"k":1},"trailers":{"grpc-status":"0"}}}"#,
+        )
+        .unwrap();
+        let req = x.client_request().unwrap();
+        let names: Vec<&str> = req.trailers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-sum", "x-two", "x-two"]);
+        let resp = x.upstream_response().unwrap();
+        assert_eq!(
+            resp.trailers,
+            vec![("grpc-status".to_owned(), b"0".to_vec())]
+        );
+        // Chunked, as an HTTP/1.1 upstream sends a body with trailers.
+        assert!(!resp.headers.iter().any(|(n, _)| n == "content-length"));
+        let e = Exchange::from_json(
+            r#"{"request":{"path":"/"},"callouts":{"a/b":{"trailers":{"x":"1"}}}}"#,
+        )
+        .unwrap()
+        .callout_answers()
+        .unwrap_err();
+        assert!(e.to_string().contains("$.callouts.a/b.trailers"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! come back as Ok with no data; one CAS counter for all shared data).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -33,6 +33,107 @@ pub struct PluginSettings {
     pub clusters: Option<Vec<String>>,
     pub cluster_name: String,
     pub route_name: String,
+    /// Host calls made to fail (shared by every VM of the proxy).
+    pub faults: Faults,
+}
+
+/// A host call made to fail, as a host that answers with an unexpected status
+/// would: the call does nothing (no out-parameter is written) and returns
+/// `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// The import's name: `proxy_set_buffer_bytes`, `proxy_log`, WASI's
+    /// `random_get`...
+    pub call: String,
+    /// What it returns: a proxy-wasm status, or a WASI errno for WASI's calls.
+    pub status: u32,
+    /// Calls that succeed before the first failure.
+    pub after: u64,
+    /// How many calls fail from then on; `None`: every one.
+    pub times: Option<u64>,
+}
+
+impl Fault {
+    /// `call` fails with `status` from now on, every time.
+    pub fn new(call: &str, status: u32) -> Self {
+        Self {
+            call: call.to_owned(),
+            status,
+            after: 0,
+            times: None,
+        }
+    }
+
+    /// The first `n` calls succeed.
+    pub fn after(mut self, n: u64) -> Self {
+        self.after = n;
+        self
+    }
+
+    /// Only `n` calls fail, then the call works again.
+    pub fn times(mut self, n: u64) -> Self {
+        self.times = Some(n);
+        self
+    }
+}
+
+/// The faults armed on a proxy, each with the calls it has seen and failed. A
+/// handle: clones share the same list.
+#[derive(Debug, Clone, Default)]
+pub struct Faults(Arc<Mutex<Vec<Armed>>>);
+
+#[derive(Debug)]
+struct Armed {
+    fault: Fault,
+    seen: u64,
+    failed: u64,
+}
+
+impl Faults {
+    /// Arms a fault; calls are counted from now.
+    pub fn arm(&self, fault: Fault) {
+        lock(&self.0).push(Armed {
+            fault,
+            seen: 0,
+            failed: 0,
+        });
+    }
+
+    /// Disarms every fault.
+    pub fn clear(&self) {
+        lock(&self.0).clear();
+    }
+
+    /// How many calls of `call` were made to fail so far.
+    pub fn failed(&self, call: &str) -> u64 {
+        lock(&self.0)
+            .iter()
+            .filter(|a| a.fault.call == call)
+            .map(|a| a.failed)
+            .sum()
+    }
+
+    /// The status this call of `call` returns instead of working, if it fails.
+    fn check(&self, call: &str) -> Option<u32> {
+        let mut armed = lock(&self.0);
+        let mut status = None;
+        for a in armed.iter_mut().filter(|a| a.fault.call == call) {
+            let n = a.seen;
+            a.seen += 1;
+            let f = &a.fault;
+            let failing = n >= f.after && f.times.is_none_or(|t| n - f.after < t);
+            if failing && status.is_none() {
+                a.failed += 1;
+                status = Some(f.status);
+            }
+        }
+        status
+    }
+}
+
+/// The status an injected fault makes `call` return now, if any.
+fn injected(c: &Cx<'_>, call: &str) -> Option<u32> {
+    c.data().settings.faults.check(call)
 }
 
 /// Whether a header map may be touched right now (Envoy's rule: during its own
@@ -689,6 +790,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_log",
         |mut c: Cx<'_>, level: u32, ptr: u32, len: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_log") {
+                return s;
+            }
             let Some(level) = LogLevel::from_u32(level) else {
                 return Status::BadArgument.code();
             };
@@ -705,13 +809,21 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         env,
         "proxy_get_log_level",
-        |mut c: Cx<'_>, ret: u32| -> u32 { code(write_u32(&mut c, ret, 0)) },
+        |mut c: Cx<'_>, ret: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_get_log_level") {
+                return s;
+            }
+            code(write_u32(&mut c, ret, 0))
+        },
     )?;
 
     l.func_wrap(
         env,
         "proxy_get_current_time_nanoseconds",
         |mut c: Cx<'_>, ret: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_get_current_time_nanoseconds") {
+                return s;
+            }
             let now = c.data().world.clock.nanos();
             code(write(&mut c, ret, &now.to_le_bytes()))
         },
@@ -721,6 +833,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_set_tick_period_milliseconds",
         |mut c: Cx<'_>, ms: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_set_tick_period_milliseconds") {
+                return s;
+            }
             let s = c.data_mut();
             s.tick_period = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
             s.tick_restarted = true;
@@ -738,6 +853,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          ret_ptr: u32,
          ret_len: u32|
          -> wasmtime::Result<u32> {
+            if let Some(s) = injected(&c, "proxy_get_buffer_bytes") {
+                return Ok(s);
+            }
             let Some(t) = BufferType::from_u32(t) else {
                 return Ok(Status::BadArgument.code());
             };
@@ -762,6 +880,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_get_buffer_status",
         |mut c: Cx<'_>, t: u32, len_ptr: u32, flags_ptr: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_get_buffer_status") {
+                return s;
+            }
             let Some(t) = BufferType::from_u32(t) else {
                 return Status::BadArgument.code();
             };
@@ -779,6 +900,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_set_buffer_bytes",
         |mut c: Cx<'_>, t: u32, start: u32, len: u32, data: u32, size: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_set_buffer_bytes") {
+                return s;
+            }
             let Some(t) = BufferType::from_u32(t) else {
                 return Status::BadArgument.code();
             };
@@ -797,6 +921,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_get_header_map_pairs",
         |mut c: Cx<'_>, t: u32, ret_ptr: u32, ret_len: u32| -> wasmtime::Result<u32> {
+            if let Some(s) = injected(&c, "proxy_get_header_map_pairs") {
+                return Ok(s);
+            }
             let Some(t) = MapType::from_u32(t) else {
                 return Ok(Status::BadArgument.code());
             };
@@ -817,6 +944,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_set_header_map_pairs",
         |mut c: Cx<'_>, t: u32, ptr: u32, len: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_set_header_map_pairs") {
+                return s;
+            }
             let Some(t) = MapType::from_u32(t) else {
                 return Status::BadArgument.code();
             };
@@ -848,6 +978,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          ret_ptr: u32,
          ret_len: u32|
          -> wasmtime::Result<u32> {
+            if let Some(s) = injected(&c, "proxy_get_header_map_value") {
+                return Ok(s);
+            }
             let Some(t) = MapType::from_u32(t) else {
                 return Ok(Status::BadArgument.code());
             };
@@ -871,6 +1004,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_get_header_map_size",
         |mut c: Cx<'_>, t: u32, ret: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_get_header_map_size") {
+                return s;
+            }
             let Some(t) = MapType::from_u32(t) else {
                 return Status::BadArgument.code();
             };
@@ -892,6 +1028,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_add_header_map_value",
         |mut c: Cx<'_>, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_add_header_map_value") {
+                return s;
+            }
             let Some(t) = MapType::from_u32(t) else {
                 return Status::BadArgument.code();
             };
@@ -913,6 +1052,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_replace_header_map_value",
         |mut c: Cx<'_>, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_replace_header_map_value") {
+                return s;
+            }
             let Some(t) = MapType::from_u32(t) else {
                 return Status::BadArgument.code();
             };
@@ -946,6 +1088,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_remove_header_map_value",
         |mut c: Cx<'_>, t: u32, kp: u32, kl: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_remove_header_map_value") {
+                return s;
+            }
             let Some(t) = MapType::from_u32(t) else {
                 return Status::BadArgument.code();
             };
@@ -967,6 +1112,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_get_property",
         |mut c: Cx<'_>, pp: u32, pl: u32, ret_ptr: u32, ret_len: u32| -> wasmtime::Result<u32> {
+            if let Some(s) = injected(&c, "proxy_get_property") {
+                return Ok(s);
+            }
             let path = match read(&mut c, pp, pl) {
                 Ok(p) => p,
                 Err(s) => return Ok(s.code()),
@@ -982,6 +1130,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_set_property",
         |mut c: Cx<'_>, pp: u32, pl: u32, vp: u32, vl: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_set_property") {
+                return s;
+            }
             match (read(&mut c, pp, pl), read(&mut c, vp, vl)) {
                 (Ok(p), Ok(v)) => {
                     c.data_mut().properties.insert(p, v);
@@ -1002,6 +1153,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          ret_len: u32,
          cas_ptr: u32|
          -> wasmtime::Result<u32> {
+            if let Some(s) = injected(&c, "proxy_get_shared_data") {
+                return Ok(s);
+            }
             let key = match read_str(&mut c, kp, kl) {
                 Ok(k) => k,
                 Err(s) => return Ok(s.code()),
@@ -1024,6 +1178,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_set_shared_data",
         |mut c: Cx<'_>, kp: u32, kl: u32, vp: u32, vl: u32, cas: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_set_shared_data") {
+                return s;
+            }
             let key = match read_str(&mut c, kp, kl) {
                 Ok(k) => k,
                 Err(s) => return s.code(),
@@ -1044,30 +1201,51 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         env,
         "proxy_register_shared_queue",
-        |mut c: Cx<'_>, _p: u32, _l: u32, ret: u32| -> u32 { code(write_u32(&mut c, ret, 1)) },
+        |mut c: Cx<'_>, _p: u32, _l: u32, ret: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_register_shared_queue") {
+                return s;
+            }
+            code(write_u32(&mut c, ret, 1))
+        },
     )?;
     l.func_wrap(
         env,
         "proxy_resolve_shared_queue",
-        |_c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32, _ret: u32| -> u32 {
+        |c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32, _ret: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_resolve_shared_queue") {
+                return s;
+            }
             Status::NotFound.code()
         },
     )?;
     l.func_wrap(
         env,
         "proxy_dequeue_shared_queue",
-        |_c: Cx<'_>, _t: u32, _p: u32, _l: u32| -> u32 { Status::Empty.code() },
+        |c: Cx<'_>, _t: u32, _p: u32, _l: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_dequeue_shared_queue") {
+                return s;
+            }
+            Status::Empty.code()
+        },
     )?;
     l.func_wrap(
         env,
         "proxy_enqueue_shared_queue",
-        |_c: Cx<'_>, _t: u32, _p: u32, _l: u32| -> u32 { Status::NotFound.code() },
+        |c: Cx<'_>, _t: u32, _p: u32, _l: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_enqueue_shared_queue") {
+                return s;
+            }
+            Status::NotFound.code()
+        },
     )?;
 
     l.func_wrap(
         env,
         "proxy_continue_stream",
         |mut c: Cx<'_>, t: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_continue_stream") {
+                return s;
+            }
             let Some(s) = c.data_mut().stream() else {
                 return Status::BadArgument.code();
             };
@@ -1081,6 +1259,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     )?;
     // ABI 0.1 names, still offered by Envoy.
     l.func_wrap(env, "proxy_continue_request", |mut c: Cx<'_>| -> u32 {
+        if let Some(s) = injected(&c, "proxy_continue_request") {
+            return s;
+        }
         match c.data_mut().stream() {
             Some(s) => {
                 s.continue_request = true;
@@ -1090,6 +1271,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         }
     })?;
     l.func_wrap(env, "proxy_continue_response", |mut c: Cx<'_>| -> u32 {
+        if let Some(s) = injected(&c, "proxy_continue_response") {
+            return s;
+        }
         match c.data_mut().stream() {
             Some(s) => {
                 s.continue_response = true;
@@ -1100,6 +1284,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     })?;
 
     l.func_wrap(env, "proxy_close_stream", |mut c: Cx<'_>, t: u32| -> u32 {
+        if let Some(s) = injected(&c, "proxy_close_stream") {
+            return s;
+        }
         if t > 3 {
             return Status::BadArgument.code();
         }
@@ -1125,6 +1312,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          hl: u32,
          _grpc: i32|
          -> u32 {
+            if let Some(s) = injected(&c, "proxy_send_local_response") {
+                return s;
+            }
             let (details, body, headers) = match (
                 read_str(&mut c, dp, dl),
                 read(&mut c, bp, bl),
@@ -1152,7 +1342,10 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    l.func_wrap(env, "proxy_clear_route_cache", |_c: Cx<'_>| -> u32 {
+    l.func_wrap(env, "proxy_clear_route_cache", |c: Cx<'_>| -> u32 {
+        if let Some(s) = injected(&c, "proxy_clear_route_cache") {
+            return s;
+        }
         Status::Ok.code()
     })?;
 
@@ -1171,6 +1364,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          timeout: u32,
          token_ptr: u32|
          -> u32 {
+            if let Some(s) = injected(&c, "proxy_http_call") {
+                return s;
+            }
             let parts = (
                 read_str(&mut c, up, ul),
                 read(&mut c, hp, hl),
@@ -1229,6 +1425,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_define_metric",
         |mut c: Cx<'_>, t: u32, np: u32, nl: u32, ret: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_define_metric") {
+                return s;
+            }
             let Some(kind) = MetricType::from_u32(t) else {
                 return Status::BadArgument.code();
             };
@@ -1255,6 +1454,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_increment_metric",
         |mut c: Cx<'_>, id: u32, offset: i64| -> u32 {
+            if let Some(s) = injected(&c, "proxy_increment_metric") {
+                return s;
+            }
             with_metric(c.data_mut(), id, |m| {
                 if m.kind == MetricType::Counter && offset < 0 {
                     return Status::BadArgument;
@@ -1269,6 +1471,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_record_metric",
         |mut c: Cx<'_>, id: u32, value: u64| -> u32 {
+            if let Some(s) = injected(&c, "proxy_record_metric") {
+                return s;
+            }
             with_metric(c.data_mut(), id, |m| {
                 m.value = value;
                 Status::Ok
@@ -1280,6 +1485,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_get_metric",
         |mut c: Cx<'_>, id: u32, ret: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_get_metric") {
+                return s;
+            }
             let mut value = 0;
             let s = with_metric(c.data_mut(), id, |m| {
                 value = m.value;
@@ -1296,6 +1504,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_set_effective_context",
         |mut c: Cx<'_>, id: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_set_effective_context") {
+                return s;
+            }
             let s = c.data_mut();
             if id == s.root_id || s.streams.contains_key(&id) {
                 s.effective = id;
@@ -1306,12 +1517,20 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
 
-    l.func_wrap(env, "proxy_done", |_c: Cx<'_>| -> u32 { Status::Ok.code() })?;
+    l.func_wrap(env, "proxy_done", |c: Cx<'_>| -> u32 {
+        if let Some(s) = injected(&c, "proxy_done") {
+            return s;
+        }
+        Status::Ok.code()
+    })?;
 
     l.func_wrap(
         env,
         "proxy_call_foreign_function",
-        |_c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32, _f: u32, _g: u32| -> u32 {
+        |c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32, _f: u32, _g: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_call_foreign_function") {
+                return s;
+            }
             Status::NotFound.code()
         },
     )?;
@@ -1320,6 +1539,9 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         env,
         "proxy_get_status",
         |mut c: Cx<'_>, code_ptr: u32, ret_ptr: u32, ret_len: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_get_status") {
+                return s;
+            }
             code(
                 write_u32(&mut c, code_ptr, 0)
                     .and_then(|()| write_u32(&mut c, ret_ptr, 0))
@@ -1332,7 +1554,7 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         env,
         "proxy_grpc_call",
-        |_c: Cx<'_>,
+        |c: Cx<'_>,
          _a: u32,
          _b: u32,
          _d: u32,
@@ -1345,12 +1567,17 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          _k: u32,
          _m: u32,
          _n: u32|
-         -> u32 { Status::BadArgument.code() },
+         -> u32 {
+            if let Some(s) = injected(&c, "proxy_grpc_call") {
+                return s;
+            }
+            Status::BadArgument.code()
+        },
     )?;
     l.func_wrap(
         env,
         "proxy_grpc_stream",
-        |_c: Cx<'_>,
+        |c: Cx<'_>,
          _a: u32,
          _b: u32,
          _d: u32,
@@ -1360,17 +1587,33 @@ fn register_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          _h: u32,
          _i: u32,
          _j: u32|
-         -> u32 { Status::BadArgument.code() },
+         -> u32 {
+            if let Some(s) = injected(&c, "proxy_grpc_stream") {
+                return s;
+            }
+            Status::BadArgument.code()
+        },
     )?;
     l.func_wrap(
         env,
         "proxy_grpc_send",
-        |_c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32| -> u32 { Status::NotFound.code() },
+        |c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32| -> u32 {
+            if let Some(s) = injected(&c, "proxy_grpc_send") {
+                return s;
+            }
+            Status::NotFound.code()
+        },
     )?;
-    l.func_wrap(env, "proxy_grpc_cancel", |_c: Cx<'_>, _a: u32| -> u32 {
+    l.func_wrap(env, "proxy_grpc_cancel", |c: Cx<'_>, _a: u32| -> u32 {
+        if let Some(s) = injected(&c, "proxy_grpc_cancel") {
+            return s;
+        }
         Status::NotFound.code()
     })?;
-    l.func_wrap(env, "proxy_grpc_close", |_c: Cx<'_>, _a: u32| -> u32 {
+    l.func_wrap(env, "proxy_grpc_close", |c: Cx<'_>, _a: u32| -> u32 {
+        if let Some(s) = injected(&c, "proxy_grpc_close") {
+            return s;
+        }
         Status::NotFound.code()
     })?;
     Ok(())
@@ -1410,6 +1653,9 @@ fn register_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         w,
         "fd_write",
         |mut c: Cx<'_>, fd: u32, iovs: u32, n: u32, written: u32| -> u32 {
+            if let Some(s) = injected(&c, "fd_write") {
+                return s;
+            }
             let level = match fd {
                 1 => LogLevel::Info,
                 2 => LogLevel::Error,
@@ -1445,18 +1691,36 @@ fn register_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     l.func_wrap(
         w,
         "fd_read",
-        |_c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32| -> u32 { ENOSYS },
+        |c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32| -> u32 {
+            if let Some(s) = injected(&c, "fd_read") {
+                return s;
+            }
+            ENOSYS
+        },
     )?;
     l.func_wrap(
         w,
         "fd_seek",
-        |_c: Cx<'_>, _a: u32, _b: i64, _d: u32, _e: u32| -> u32 { ESUCCESS },
+        |c: Cx<'_>, _a: u32, _b: i64, _d: u32, _e: u32| -> u32 {
+            if let Some(s) = injected(&c, "fd_seek") {
+                return s;
+            }
+            ESUCCESS
+        },
     )?;
-    l.func_wrap(w, "fd_close", |_c: Cx<'_>, _a: u32| -> u32 { ESUCCESS })?;
+    l.func_wrap(w, "fd_close", |c: Cx<'_>, _a: u32| -> u32 {
+        if let Some(s) = injected(&c, "fd_close") {
+            return s;
+        }
+        ESUCCESS
+    })?;
     l.func_wrap(
         w,
         "fd_fdstat_get",
         |mut c: Cx<'_>, fd: u32, out: u32| -> u32 {
+            if let Some(s) = injected(&c, "fd_fdstat_get") {
+                return s;
+            }
             if fd != 1 && fd != 2 {
                 return EBADF;
             }
@@ -1468,18 +1732,29 @@ fn register_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    l.func_wrap(w, "fd_prestat_get", |_c: Cx<'_>, _a: u32, _b: u32| -> u32 {
+    l.func_wrap(w, "fd_prestat_get", |c: Cx<'_>, _a: u32, _b: u32| -> u32 {
+        if let Some(s) = injected(&c, "fd_prestat_get") {
+            return s;
+        }
         EBADF
     })?;
     l.func_wrap(
         w,
         "fd_prestat_dir_name",
-        |_c: Cx<'_>, _a: u32, _b: u32, _d: u32| -> u32 { ENOSYS },
+        |c: Cx<'_>, _a: u32, _b: u32, _d: u32| -> u32 {
+            if let Some(s) = injected(&c, "fd_prestat_dir_name") {
+                return s;
+            }
+            ENOSYS
+        },
     )?;
     l.func_wrap(
         w,
         "environ_sizes_get",
         |mut c: Cx<'_>, count: u32, size: u32| -> u32 {
+            if let Some(s) = injected(&c, "environ_sizes_get") {
+                return s;
+            }
             let env = c.data().settings.env.clone();
             let bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
             match write_u32(&mut c, count, env.len() as u32)
@@ -1494,6 +1769,9 @@ fn register_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         w,
         "environ_get",
         |mut c: Cx<'_>, mut array: u32, mut buf: u32| -> u32 {
+            if let Some(s) = injected(&c, "environ_get") {
+                return s;
+            }
             let env = c.data().settings.env.clone();
             for (k, v) in env {
                 let entry = format!("{k}={v}\0");
@@ -1512,19 +1790,28 @@ fn register_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         w,
         "args_sizes_get",
         |mut c: Cx<'_>, argc: u32, size: u32| -> u32 {
+            if let Some(s) = injected(&c, "args_sizes_get") {
+                return s;
+            }
             match write_u32(&mut c, argc, 0).and_then(|()| write_u32(&mut c, size, 0)) {
                 Ok(()) => ESUCCESS,
                 Err(_) => EFAULT,
             }
         },
     )?;
-    l.func_wrap(w, "args_get", |_c: Cx<'_>, _a: u32, _b: u32| -> u32 {
+    l.func_wrap(w, "args_get", |c: Cx<'_>, _a: u32, _b: u32| -> u32 {
+        if let Some(s) = injected(&c, "args_get") {
+            return s;
+        }
         ESUCCESS
     })?;
     l.func_wrap(
         w,
         "clock_time_get",
         |mut c: Cx<'_>, id: u32, _precision: u64, out: u32| -> u32 {
+            if let Some(s) = injected(&c, "clock_time_get") {
+                return s;
+            }
             // Envoy has the realtime and the monotonic clock (Rust's
             // `Instant::now` works); the CPU-time clocks get ENOTSUP.
             let now = match id {
@@ -1542,6 +1829,9 @@ fn register_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         w,
         "random_get",
         |mut c: Cx<'_>, ptr: u32, len: u32| -> u32 {
+            if let Some(s) = injected(&c, "random_get") {
+                return s;
+            }
             // Envoy refuses more than 64 KiB at once (as WebCrypto does).
             if len > RANDOM_GET_MAX {
                 return EINVAL;
@@ -1561,16 +1851,26 @@ fn register_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         c.data_mut()
             .log(LogLevel::Error, "wasi_unstable proc_exit".to_owned());
     })?;
-    l.func_wrap(w, "sched_yield", |_c: Cx<'_>| -> u32 { ESUCCESS })?;
+    l.func_wrap(w, "sched_yield", |c: Cx<'_>| -> u32 {
+        if let Some(s) = injected(&c, "sched_yield") {
+            return s;
+        }
+        ESUCCESS
+    })?;
     l.func_wrap(
         w,
         "poll_oneoff",
-        |_c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32| -> u32 { ENOSYS },
+        |c: Cx<'_>, _a: u32, _b: u32, _d: u32, _e: u32| -> u32 {
+            if let Some(s) = injected(&c, "poll_oneoff") {
+                return s;
+            }
+            ENOSYS
+        },
     )?;
     l.func_wrap(
         w,
         "path_open",
-        |_c: Cx<'_>,
+        |c: Cx<'_>,
          _a: u32,
          _b: u32,
          _d: u32,
@@ -1580,7 +1880,12 @@ fn register_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          _h: i64,
          _i: u32,
          _j: u32|
-         -> u32 { ENOENT },
+         -> u32 {
+            if let Some(s) = injected(&c, "path_open") {
+                return s;
+            }
+            ENOENT
+        },
     )?;
     Ok(())
 }
@@ -1588,6 +1893,20 @@ fn register_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fault_fails_the_calls_it_names_after_n_for_m_times() {
+        let faults = Faults::default();
+        faults.arm(Fault::new("proxy_log", 10).after(1).times(2));
+        let seen: Vec<Option<u32>> = (0..5).map(|_| faults.check("proxy_log")).collect();
+        assert_eq!(seen, [None, Some(10), Some(10), None, None]);
+        assert_eq!(faults.check("proxy_get_property"), None);
+        assert_eq!(faults.failed("proxy_log"), 2);
+        faults.arm(Fault::new("random_get", 29));
+        assert!((0..3).all(|_| faults.check("random_get") == Some(29)));
+        faults.clear();
+        assert_eq!(faults.check("random_get"), None);
+    }
 
     #[test]
     fn splice_follows_envoys_copy_from() {

@@ -357,6 +357,59 @@ fn replay_prints_both_sides_and_exits_0_for_a_refusal_too() {
 }
 
 #[test]
+fn replay_delivers_trailers_after_the_body_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = dev_env_arg();
+    let list = mint::status_list_token(
+        &[0u8; 16],
+        2,
+        "https://consent.example.com/statuslists/1",
+        mint::DEV_KEY_PEM,
+        mint::DEV_KID,
+        T0,
+        3600,
+    )
+    .unwrap();
+    // The claims search, its body in two pieces and ended by trailers (no empty
+    // end-of-stream callback): the plugin minimises it when the trailers come,
+    // and the upstream gets no trailer nobody allowed. The upstream's own
+    // trailers do not reach the client either.
+    let exchange = json!({
+        "request": {
+            "method": "POST", "path": "/echo?from=2026-01",
+            "headers": {
+                "authorization": format!("Bearer {}", insurer_token()),
+                "content-type": "application/json"
+            },
+            "chunks": ["{\"claim_id\":\"C-1\",", "\"diagnosis\":\"E11\"}"],
+            "trailers": {"x-checksum": "c0ffee"}
+        },
+        "upstream": {
+            "headers": {"content-type": "application/json"},
+            "body": {"method": "POST", "body": {"claim_id": "C-1"}},
+            "trailers": {"x-backend-trace": "db-7"}
+        },
+        "callouts": {
+            "consent.example.com/statuslists/1": {
+                "headers": {"content-type": "application/statuslist+jwt"},
+                "body": list
+            }
+        },
+        "now": NOW
+    });
+    let file = write(dir.path(), "trailers.json", &exchange.to_string());
+    let out = consentry(&["replay", "policies/example.json", arg(&file), "--env", &env]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let up = &r["upstream_request"];
+    assert_eq!(up["body"], r#"{"claim_id":"C-1"}"#, "{r:#}");
+    assert!(up.get("trailers").is_none(), "{up:#}");
+    assert_eq!(r["client"]["status"], 200, "{r:#}");
+    assert!(r["client"].get("trailers").is_none(), "{r:#}");
+    assert!(!stdout(&out).contains("db-7") && !stdout(&out).contains("c0ffee"));
+}
+
+#[test]
 fn explain_gives_the_decision_rule_reason_and_field_plan() {
     let dir = tempfile::tempdir().unwrap();
     let env = dev_env_arg();
