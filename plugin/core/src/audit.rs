@@ -813,7 +813,7 @@ fn push_decimal(out: &mut String, mut n: u64) {
 /// A JSON string with the canonical (minimal) escaping. Runs of characters that need
 /// no escape (everything but `"`, `\` and controls) are found eight bytes at a time
 /// and copied whole.
-fn push_json_string(out: &mut String, s: &str) {
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut run = 0;

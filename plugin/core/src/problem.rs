@@ -185,14 +185,20 @@ pub fn reply(
     retry_after: Option<u64>,
 ) -> LocalReply {
     let status = code.status();
-    let body = serde_json::json!({
-        "type": format!("{type_base}{}", code.as_str()),
-        "title": code.title(),
-        "status": status,
-        "code": code.as_str(),
-        "detail": code.detail(),
-        "request_id": request_id,
-    });
+    // Written directly, not through a JSON map: a reply must be possible even on a
+    // host whose randomness failed (std's hash maps draw their keys from it).
+    let mut body = String::with_capacity(320);
+    body.push_str("{\"type\":");
+    crate::audit::push_json_string(&mut body, &format!("{type_base}{}", code.as_str()));
+    body.push_str(",\"title\":");
+    crate::audit::push_json_string(&mut body, code.title());
+    body.push_str(&format!(",\"status\":{status},\"code\":"));
+    crate::audit::push_json_string(&mut body, code.as_str());
+    body.push_str(",\"detail\":");
+    crate::audit::push_json_string(&mut body, code.detail());
+    body.push_str(",\"request_id\":");
+    crate::audit::push_json_string(&mut body, request_id);
+    body.push('}');
     let mut headers = vec![
         (
             "content-type".to_owned(),
@@ -215,7 +221,7 @@ pub fn reply(
     LocalReply {
         status,
         headers,
-        body: body.to_string().into_bytes(),
+        body: body.into_bytes(),
         details: code.details(),
     }
 }

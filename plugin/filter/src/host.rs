@@ -1,7 +1,7 @@
 //! `consentry_core::host::Host` over the proxy-wasm host calls: each method is one
 //! host call (or a few), its status handed back as it came.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use consentry_core::host::{
@@ -13,10 +13,12 @@ use consentry_core::http::{HeaderEdits, LocalReply};
 use crate::abi;
 
 /// The proxy, as seen from inside the VM. It keeps nothing but the ids of the
-/// counters it defined (defining one is a host call: once per VM).
+/// counters it defined (defining one is a host call: once per VM). A `BTreeMap`:
+/// std's hash maps draw their keys from the host's randomness the first time one
+/// is made, and a VM must come up (and refuse) even where that randomness fails.
 #[derive(Default)]
 pub struct ProxyHost {
-    metrics: HashMap<String, u32>,
+    metrics: BTreeMap<String, u32>,
 }
 
 fn log_level(level: LogLevel) -> u32 {

@@ -131,6 +131,16 @@ pub extern "C" fn proxy_on_vm_start(_root: u32, _vm_configuration_size: usize) -
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
     with_vm(0, |vm| {
+        // Without randomness no request id, decision id or field encryption key can
+        // be made, and the first hash map of the configuration would trap: refuse it
+        // now, cleanly (this instance then refuses every request).
+        if getrandom::fill(&mut [0u8; 16]).is_err() {
+            let _ = vm.host.log(
+                LogLevel::Error,
+                "consentry: configuration refused: the host gives no randomness",
+            );
+            return 0;
+        }
         let bytes = abi::buffer(abi::PLUGIN_CONFIGURATION, size).unwrap_or_default();
         let env = |name: &str| std::env::var(name).ok();
         let (filter, loaded) = Filter::configure(&bytes, &env, &mut vm.host);

@@ -12,7 +12,7 @@
 //! | `Forwarded` | passes (allowed, nothing to minimise) | headers decide |
 //! | `HoldingResponse` | passes | held until the body is whole, then redacted |
 //! | `HeadersOnly`, `Released` | passes | nothing more may come (else reset) |
-//! | `Refused` | held | only the plugin's own reply passes |
+//! | `Replied` | held | only the plugin's own reply passes |
 //! | `ProxyReply` | held | the proxy's own reply passes (never an upstream's) |
 //! | `Withheld`, `Reset`, `Ended` | held | held |
 //!
@@ -53,6 +53,10 @@ pub(crate) struct Cx<'a> {
     pub host: &'a mut dyn Host,
     /// A per-filter counter for request ids when the host gives no randomness.
     pub sequence: &'a mut u64,
+    /// The half of the stream whose callback runs (a call's answer or the timer
+    /// count as the request's): a reply sent from the request path comes back
+    /// through the response callbacks, one sent from the response path does not.
+    pub side: Side,
 }
 
 /// One stream's decision data, kept from its request to its audit record.
@@ -105,9 +109,12 @@ enum State {
     Released,
     /// A reply the proxy made before this filter saw the request passes on.
     ProxyReply,
-    /// The plugin refused from the request path; its own reply is on its way.
-    Refused { status: u16 },
-    /// The plugin replaced the answer with its own reply.
+    /// The plugin answered from the request path (a refusal, or a problem in place
+    /// of an allowed request's answer): its own reply comes back through the
+    /// response callbacks, and only it passes.
+    Replied { status: u16, body_len: usize },
+    /// The plugin replaced the answer with its own reply from a response callback
+    /// (the host sends it without running the response callbacks again).
     Withheld,
     /// The plugin reset the stream.
     Reset,
@@ -290,7 +297,7 @@ impl Stream {
                 self.reset(Code::UnsafeResponse, "body_after_release", cx)
             }
             (
-                S::HeadersOnly | S::Released | S::ProxyReply | S::Refused { .. },
+                S::HeadersOnly | S::Released | S::ProxyReply | S::Replied { .. },
                 E::Unreadable(_),
             ) => self.reset(Code::UnsafeResponse, "host_call", cx),
             (S::HeadersOnly | S::Released, E::Log) => self.end(cx),
@@ -309,22 +316,29 @@ impl Stream {
             (S::ProxyReply, E::Log) => self.end(cx),
 
             // ── Refused: only the plugin's own reply moves.
-            (S::Refused { .. }, E::RequestHeaders(_)) => Flow::Pause,
-            (S::Refused { .. }, E::RequestBody { .. } | E::RequestTrailers(_) | E::Metadata(_)) => {
+            (S::Replied { .. }, E::RequestHeaders(_)) => Flow::Pause,
+            (S::Replied { .. }, E::RequestBody { .. } | E::RequestTrailers(_) | E::Metadata(_)) => {
                 Flow::Pause
             }
-            (S::Refused { status }, E::ResponseHeaders(head)) => {
+            (S::Replied { status, .. }, E::ResponseHeaders(head)) => {
                 if head.status == *status {
                     Flow::Continue
                 } else {
                     self.reset(Code::UnsafeResponse, "not_our_reply", cx)
                 }
             }
-            (S::Refused { .. }, E::ResponseBody { .. }) => Flow::Continue,
-            (S::Refused { .. }, E::ResponseTrailers(_)) => {
+            // The reply's body comes whole in one callback; more is not the reply.
+            (S::Replied { body_len, .. }, E::ResponseBody { size, .. }) => {
+                if size <= *body_len {
+                    Flow::Continue
+                } else {
+                    self.reset(Code::UnsafeResponse, "not_our_reply", cx)
+                }
+            }
+            (S::Replied { .. }, E::ResponseTrailers(_)) => {
                 self.reset(Code::UnsafeResponse, "not_our_reply", cx)
             }
-            (S::Refused { .. }, E::Log) => self.end(cx),
+            (S::Replied { .. }, E::Log) => self.end(cx),
 
             // ── Withheld, Reset, Ended: nothing moves any more.
             (
@@ -551,7 +565,7 @@ impl Stream {
         cx.host
             .count(&format!("consentry.decision.deny.{}", code.as_str()), 1);
         let reply = self.problem(code, retry_after, cx);
-        self.answer(reply, cx, |status| State::Refused { status })
+        self.answer(reply, cx)
     }
 
     /// An event that cannot come before the request's headers, or twice.
@@ -743,7 +757,7 @@ impl Stream {
         cx.host
             .count(&format!("consentry.response.withheld.{reason}"), 1);
         let reply = self.problem(code, None, cx);
-        self.answer(reply, cx, |_| State::Withheld)
+        self.answer(reply, cx)
     }
 
     /// Resets the stream: the client sees a failed response, never a complete one.
@@ -761,15 +775,12 @@ impl Stream {
         Flow::Pause
     }
 
-    /// Sends `reply`; the stream then moves to the state `next` makes of its
-    /// status, or is reset when the host will not send it.
-    fn answer(
-        &mut self,
-        reply: LocalReply,
-        cx: &mut Cx<'_>,
-        next: impl FnOnce(u16) -> State,
-    ) -> Flow {
+    /// Sends `reply`. From the request path it comes back through the response
+    /// callbacks (`Replied`); from the response path it goes as it is (`Withheld`).
+    /// A host that will not send it gets the stream reset.
+    fn answer(&mut self, reply: LocalReply, cx: &mut Cx<'_>) -> Flow {
         let status = reply.status;
+        self.ex.outcome.status = status;
         if cx.host.send_reply(&reply).is_err() {
             let _ = cx.host.log(
                 LogLevel::Error,
@@ -784,7 +795,13 @@ impl Stream {
             self.state = State::Reset;
             return Flow::Pause;
         }
-        self.state = next(status);
+        self.state = match cx.side {
+            Side::Request => State::Replied {
+                status,
+                body_len: reply.body.len(),
+            },
+            Side::Response => State::Withheld,
+        };
         Flow::Pause
     }
 
@@ -807,9 +824,17 @@ impl Stream {
             State::Waiting { .. }
             | State::HoldingRequest { .. }
             | State::Forwarded
-            | State::HoldingResponse { .. } => Ending::Unfinished,
+            | State::HoldingResponse {
+                headers_sent: false,
+                ..
+            } => Ending::Unfinished,
+            // Headers that left and a body that never followed: no complete answer.
+            State::HoldingResponse {
+                headers_sent: true, ..
+            } => Ending::Reset,
             State::HeadersOnly | State::Released => Ending::Released,
-            State::Refused { .. } => Ending::Refused,
+            State::Replied { .. } if self.ex.outcome.allowed => Ending::Withheld,
+            State::Replied { .. } => Ending::Refused,
             State::Withheld => Ending::Withheld,
             State::Reset | State::Ended => Ending::Reset,
         };

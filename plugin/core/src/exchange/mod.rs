@@ -167,10 +167,24 @@ impl Filter {
         let Some(stream) = streams.get_mut(&context) else {
             return Flow::Pause;
         };
+        let side = match &event {
+            Event::RequestHeaders(_)
+            | Event::RequestBody { .. }
+            | Event::RequestTrailers(_)
+            | Event::Metadata(Side::Request)
+            | Event::Unreadable(Side::Request) => Side::Request,
+            Event::ResponseHeaders(_)
+            | Event::ResponseBody { .. }
+            | Event::ResponseTrailers(_)
+            | Event::Metadata(Side::Response)
+            | Event::Unreadable(Side::Response)
+            | Event::Log => Side::Response,
+        };
         let mut cx = machine::Cx {
             plugin: plugin.as_mut(),
             host,
             sequence,
+            side,
         };
         stream.on(event, &mut cx)
     }
@@ -191,6 +205,7 @@ impl Filter {
                 plugin: plugin.as_mut(),
                 host,
                 sequence,
+                side: Side::Response,
             };
             stream.on_deleted(&mut cx);
         }
@@ -278,10 +293,13 @@ impl Filter {
             let Some(stream) = streams.get_mut(&id) else {
                 continue;
             };
+            // A reply sent from another context comes back through the stream's
+            // response callbacks, as one sent from its request path does.
             let mut cx = machine::Cx {
                 plugin: plugin.as_mut(),
                 host: &mut *host,
                 sequence: &mut *sequence,
+                side: Side::Request,
             };
             if cx.host.switch_to(id).is_err() {
                 // The stream is gone from the host: its on_log/on_delete will come.

@@ -63,10 +63,16 @@ impl Plugin {
         host: &mut dyn Host,
     ) -> Result<(), HostError> {
         let o = &ex.outcome;
+        // The plugin's own replies carry the status it sent; for the rest, the proxy
+        // says what the client got.
+        let sent = |host: &mut dyn Host| match o.status {
+            0 => final_status(host),
+            status => status,
+        };
         let (ending, status, by_proxy) = match ending {
             Ending::Released => (audit::Ending::Released, o.status, false),
-            Ending::Refused => (audit::Ending::Refused, final_status(host), false),
-            Ending::Withheld => (audit::Ending::Withheld, final_status(host), false),
+            Ending::Refused => (audit::Ending::Refused, sent(host), false),
+            Ending::Withheld => (audit::Ending::Withheld, sent(host), false),
             Ending::Reset => (audit::Ending::Reset, 0, false),
             // A stream the plugin never saw a request of: a reply of the proxy's
             // own, or (no status) a client that left before its request came.
@@ -74,9 +80,12 @@ impl Plugin {
                 0 => (audit::Ending::Reset, 0, false),
                 status => (audit::Ending::ProxyReply, status, true),
             },
-            Ending::Unfinished => match final_status(host) {
-                0 => (audit::Ending::Reset, 0, false),
-                status => (audit::Ending::Withheld, status, true),
+            // Ended while the plugin decided or held: the proxy's own reply went
+            // out (its buffer limit, a timeout, an upstream that broke off), or the
+            // client got nothing (it left, or the stream was reset).
+            Ending::Unfinished => match proxy_replied(host) {
+                Some(status) => (audit::Ending::Withheld, status, true),
+                None => (audit::Ending::Reset, 0, false),
             },
         };
         let mut fields = FieldReport::new();
@@ -197,6 +206,20 @@ fn final_status(host: &mut dyn Host) -> u16 {
         .map(i64::from_le_bytes)
         .and_then(|n| u16::try_from(n).ok())
         .unwrap_or(0)
+}
+
+/// The status of a reply the proxy made itself, when it says it made one: response
+/// code details that name a local reply (not the upstream's answer, not a client
+/// that went away).
+fn proxy_replied(host: &mut dyn Host) -> Option<u16> {
+    let details = host
+        .property(&["response", "code_details"])
+        .ok()
+        .flatten()?;
+    let local =
+        !details.is_empty() && details != b"via_upstream" && !details.starts_with(b"downstream");
+    let status = final_status(host);
+    (local && status > 0).then_some(status)
 }
 
 /// The problem code the proxy's own masked replies carry (the `local_reply_config`

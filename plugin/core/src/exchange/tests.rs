@@ -461,7 +461,10 @@ fn random_event_orders_never_release_without_a_decision() {
                         3 => Event::RequestTrailers(Headers::new()),
                         4 => response(if sent_upstream { 200 } else { 413 }, false),
                         5 | 6 => {
-                            let body = body_for(sent_upstream);
+                            // Once the plugin replied, the response is its reply (the
+                            // host replaces the upstream's with it).
+                            let reply = rig.host.stream(id).replies.last().map(|r| r.body.clone());
+                            let body = reply.unwrap_or_else(|| body_for(sent_upstream));
                             let size = body.len();
                             rig.host.stream(id).response_body = body;
                             Event::ResponseBody {
