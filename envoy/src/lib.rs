@@ -403,6 +403,10 @@ impl EnvoyBuilder {
         if wanted.contains("ROUTE_TIMEOUT") && !self.vars.contains_key("ROUTE_TIMEOUT") {
             vars.insert("ROUTE_TIMEOUT".to_owned(), DEFAULT_ROUTE_TIMEOUT.to_owned());
         }
+        if wanted.contains("PRESERVE_REQUEST_ID") && !self.vars.contains_key("PRESERVE_REQUEST_ID")
+        {
+            vars.insert("PRESERVE_REQUEST_ID".to_owned(), "false".to_owned());
+        }
         // A TLS listener's certificates: the development set unless the caller made its own.
         if wanted.contains("TLS_DIR") && !self.vars.contains_key("TLS_DIR") {
             vars.insert("TLS_DIR".to_owned(), dev_tls_dir().display().to_string());

@@ -95,6 +95,8 @@ impl Rig {
         let builder = consentry_envoy::Envoy::builder()
             .upstream_port(upstream.port())
             .var("CONSENT_PORT", consent.port())
+            // Keep the client's request ids: the records are found by them.
+            .var("PRESERVE_REQUEST_ID", "true")
             .plugin_config_json(&policy.to_string());
         let (envoy, h2) = match proto {
             Proto::Http1 => (start(builder), None),
