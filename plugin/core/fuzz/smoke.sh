@@ -44,7 +44,9 @@ for t in "${targets[@]}"; do
     log="fuzz/artifacts/$t.log"
     printf '%-12s ' "$t"
     # -timeout: one input taking 10 s is a hang; -rss_limit_mb: 2 GiB is a blow-up.
-    if cargo fuzz run --sanitizer none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+    seeds=()
+    [ -d "fuzz/seeds/$t" ] && seeds=("fuzz/seeds/$t")
+    if cargo fuzz run --sanitizer none "$t" "fuzz/corpus/$t" "${seeds[@]}" -- \
         -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
         -dict="$(dict_for "$t")" -print_final_stats=1 >"$log" 2>&1; then
         grep -E '^#[0-9]+.*DONE' "$log" | tail -n 1 | sed -E 's/^#([0-9]+)\s+DONE\s+/\1 runs, /'
