@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project, from a fresh clone: builds the plugin's .wasm,
 # installs what the tests need (the wasm target, a pinned Envoy, wrk), then checks
-# formatting and lints, and runs the unit, harness and Envoy suites.
+# formatting and lints, and runs the unit, harness and Envoy suites and every fuzz target
+# briefly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,19 @@ cargo clippy --target wasm32-wasip1 -p consentry-core -p consentry-filter -p con
 
 step "tests: unit, harness (wasmtime) and end-to-end (Envoy)"
 cargo test --workspace --no-fail-fast
+
+step "fuzz smoke runs: every cargo-fuzz target for 15 s, on stable Rust (fails on any crash)"
+# libfuzzer-sys compiles libFuzzer itself: it needs a C++ compiler.
+if ! command -v c++ >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+    else
+        echo "a C++ compiler is missing: install Debian's 'g++' package (the fuzz targets need it)" >&2
+        exit 1
+    fi
+fi
+FUZZ_SECONDS=15 ./plugin/core/fuzz/smoke.sh
 
 step "benchmark smoke runs (short: they prove the commands work; figures are not checked)"
 # The Envoy benchmark's quick run fails if any configuration answers other than expected.

@@ -454,16 +454,18 @@ pub fn emission(line: &str) -> String {
     format!("{LOG_MARKER}{line}")
 }
 
-/// The record in one line of a log: what follows [`LOG_MARKER`] (Envoy's log, where
-/// the proxy prefixes its own fields), or the line itself when it is a bare JSON
-/// object. Other lines are not records (`None`).
+/// The record in one line of a log: the line itself when it is a bare JSON object (a
+/// collector's file), else what follows [`LOG_MARKER`] (Envoy's log, where the proxy
+/// prefixes its own fields). Other lines are not records (`None`). A bare record is
+/// taken whole first: its strings (a request id, say) may hold the marker's text.
 pub fn extract_record(line: &str) -> Option<&str> {
     let line = line.trim_end_matches(['\r', '\n']);
-    if let Some(at) = line.find(LOG_MARKER) {
-        return line.get(at + LOG_MARKER.len()..);
-    }
     let trimmed = line.trim_start();
-    trimmed.starts_with('{').then_some(trimmed)
+    if trimmed.starts_with('{') {
+        return Some(trimmed);
+    }
+    let at = line.find(LOG_MARKER)?;
+    line.get(at + LOG_MARKER.len()..)
 }
 
 /// The pseudonym written for `subject`.
@@ -614,6 +616,13 @@ impl Record {
             "decision" => {
                 let w: DecisionWire = serde_json::from_str(json).map_err(|e| e.to_string())?;
                 let _ = w.kind;
+                // The version decides the members, so that a parsed record is one that
+                // `canonical` writes back byte for byte.
+                match (w.v, &w.outcome, w.status) {
+                    (1, None, None) | (2.., _, Some(_)) => {}
+                    (1, ..) => return Err("a version 1 record has no outcome or status".into()),
+                    _ => return Err(format!("a version {} record has a status", w.v)),
+                }
                 let body = Body::Decision(Box::new(DecisionBody {
                     request_id: w.request_id,
                     caller: w.caller,
@@ -1691,9 +1700,48 @@ mod tests {
         assert!(!canonical.contains("outcome"), "{canonical}");
         let line = with_hash(&canonical, &hex(&Sha256::digest(canonical.as_bytes())));
         assert_eq!(verify([line.as_str()], &[]).unwrap().records, 1);
-        // The same bytes claiming version 2 are not canonical for it.
+        // The same bytes claiming version 2 lack its members.
         let forged = line.replacen("{\"v\":1,", "{\"v\":2,", 1);
-        assert_eq!(failure(&[forged], &[]).reason, FailureReason::NotCanonical);
+        assert!(matches!(
+            failure(&[forged], &[]).reason,
+            FailureReason::Malformed(why) if why.contains("version 2 record has a status")
+        ));
+    }
+
+    #[test]
+    fn a_parsed_record_is_one_its_canonical_form_writes_back() {
+        // Found by the `audit` fuzz target: a version 1 record carrying version 2's
+        // members parsed, and its canonical form silently dropped them.
+        let line = &chain("aaaa", None, 1)[0];
+        let v1 = line.replacen("{\"v\":2,", "{\"v\":1,", 1);
+        let e = Record::parse(&v1).unwrap_err();
+        assert!(e.contains("version 1 record has no outcome"), "{e}");
+        let no_status = line.replacen("\"status\":200,", "", 1);
+        let e = Record::parse(&no_status).unwrap_err();
+        assert!(e.contains("version 2 record has a status"), "{e}");
+        let null_status = line.replacen("\"status\":200,", "\"status\":null,", 1);
+        assert!(Record::parse(&null_status).is_err());
+        for line in chain("aaaa", Some(k1()), 3) {
+            let (record, hash) = Record::parse(&line).unwrap();
+            assert_eq!(with_hash(&record.canonical(), &hash), line);
+        }
+    }
+
+    #[test]
+    fn a_record_whose_strings_hold_the_marker_verifies_bare_and_in_a_log() {
+        // Found by the `audit` fuzz target: a bare record (a collector's file) whose
+        // request id held the marker's text was cut at the marker and refused.
+        let mut e = entry(T0, 1);
+        e.request_id = "x consentry-audit {\"v\":2}";
+        let line = AuditTrail::new("aaaa", None).record(e);
+        for text in [
+            line.clone(),
+            emission(&line),
+            format!("[info] {}", emission(&line)),
+        ] {
+            assert_eq!(extract_record(&text), Some(line.as_str()), "{text}");
+            assert_eq!(verify([text.as_str()], &[]).unwrap().records, 1);
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Standard vectors for the token verifier, read from the shared vectors folder beside the
-//! project (`../shared/vectors/`):
+//! Standard vectors for the token verifier, read from `tests/vectors/` (its README names
+//! each file's source and licence):
 //!
 //! - Project Wycheproof: every signature path (ES256 through the precomputed tables and
 //!   through p256's generic arithmetic, RS256, PS256, EdDSA) agrees with every `valid` and
@@ -17,13 +17,8 @@ use consentry_core::token::{
 use serde_json::{Value, json};
 
 fn vectors(path: &str) -> Value {
-    let full = format!(
-        "{}/../../../shared/vectors/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&full).unwrap_or_else(|e| {
-        panic!("{full}: {e} (the shared vectors folder sits beside the project)")
-    });
+    let full = format!("{}/tests/vectors/{path}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
 

@@ -288,14 +288,10 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    /// A file of public test vectors (`tests/vectors/`, sources in its README).
     fn vectors(name: &str) -> Value {
-        let path = format!(
-            "{}/../../../shared/vectors/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!("test vectors: {path}: {e} (shared/ sits beside the repository)")
-        });
+        let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         serde_json::from_str(&text).unwrap()
     }
 

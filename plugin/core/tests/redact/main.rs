@@ -84,14 +84,10 @@ pub fn remove(paths: &[&str], body: &str) -> String {
     out
 }
 
-/// The shared test vectors, beside the repository.
+/// A file of public test vectors (`tests/vectors/`, sources in its README).
 pub fn vectors(name: &str) -> serde_json::Value {
-    let path = format!(
-        "{}/../../../shared/vectors/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (shared/ sits beside the repository)"));
+    let path = format!("{}/tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap()
 }
 
