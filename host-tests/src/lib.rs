@@ -40,5 +40,5 @@ pub use plugin::{BUILD_COMMAND, Plugin};
 pub use proxy::{
     ClientEnd, FailurePolicy, Outcome, Proxy, ProxyBuilder, StartError, StreamKey, Upstream, Wire,
 };
-pub use vm::{Fault, Faults};
+pub use vm::{Fault, Faults, HostCalls};
 pub use world::LogLine;

@@ -16,7 +16,8 @@ use crate::message::{
 };
 use crate::plugin::Plugin;
 use crate::vm::{
-    Access, CallResponseView, Fault, Faults, LocalReplyCall, PluginSettings, StreamHost, Trap, Vm,
+    Access, CallResponseView, Fault, Faults, HostCalls, LocalReplyCall, PluginSettings, StreamHost,
+    Trap, Vm,
 };
 use crate::world::{Clock, LogLine, Metric, World, lock};
 
@@ -438,6 +439,7 @@ impl Proxy {
                 cluster_name: "upstream".into(),
                 route_name: "default".into(),
                 faults: Faults::default(),
+                calls: HostCalls::default(),
             },
             workers: 1,
             main_thread: true,
@@ -490,6 +492,11 @@ impl Proxy {
     /// counted from now for [`Fault::after`]).
     pub fn inject(&self, fault: Fault) {
         self.settings.faults.arm(fault);
+    }
+
+    /// Every host call the plugin made on this proxy, by name.
+    pub fn host_calls(&self) -> &HostCalls {
+        &self.settings.calls
     }
 
     /// The faults armed on this proxy: to disarm them, or count the failures.

@@ -4,7 +4,7 @@
 //! unkind parts (a header map is gone once its callback continued; empty values
 //! come back as Ok with no data; one CAS counter for all shared data).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ pub struct PluginSettings {
     pub route_name: String,
     /// Host calls made to fail (shared by every VM of the proxy).
     pub faults: Faults,
+    /// Host calls made, by name (shared by every VM of the proxy).
+    pub calls: HostCalls,
 }
 
 /// A host call made to fail, as a host that answers with an unexpected status
@@ -131,9 +133,35 @@ impl Faults {
     }
 }
 
-/// The status an injected fault makes `call` return now, if any.
-fn injected(c: &Cx<'_>, call: &str) -> Option<u32> {
-    c.data().settings.faults.check(call)
+/// Every host call the plugin makes, counted by its import's name: what a
+/// request costs in calls into the proxy, pinned by a test so it cannot creep back.
+/// A handle: clones share the same counts.
+#[derive(Debug, Clone, Default)]
+pub struct HostCalls(Arc<Mutex<BTreeMap<&'static str, u64>>>);
+
+impl HostCalls {
+    /// The calls made since the last [`take`](Self::take), by name, and starts
+    /// counting afresh.
+    pub fn take(&self) -> BTreeMap<&'static str, u64> {
+        std::mem::take(&mut *lock(&self.0))
+    }
+
+    /// The calls made so far, by name.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.0).clone()
+    }
+
+    fn note(&self, call: &'static str) {
+        *lock(&self.0).entry(call).or_insert(0) += 1;
+    }
+}
+
+/// Counts the call, then the status an injected fault makes `call` return now,
+/// if any. Every import starts with it.
+fn injected(c: &Cx<'_>, call: &'static str) -> Option<u32> {
+    let settings = &c.data().settings;
+    settings.calls.note(call);
+    settings.faults.check(call)
 }
 
 /// Whether a header map may be touched right now (Envoy's rule: during its own
