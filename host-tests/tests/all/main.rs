@@ -10,6 +10,7 @@ mod decisions;
 mod faults;
 mod fidelity;
 mod flows;
+mod host_calls;
 mod memory;
 mod model;
 mod modes;

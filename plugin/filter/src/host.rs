@@ -1,6 +1,7 @@
 //! `consentry_core::host::Host` over the proxy-wasm host calls: each method is one
 //! host call (or a few), its status handed back as it came.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -12,13 +13,60 @@ use consentry_core::http::{HeaderEdits, LocalReply};
 
 use crate::abi;
 
-/// The proxy, as seen from inside the VM. It keeps nothing but the ids of the
-/// counters it defined (defining one is a host call: once per VM). A `BTreeMap`:
-/// std's hash maps draw their keys from the host's randomness the first time one
-/// is made, and a VM must come up (and refuse) even where that randomness fails.
+/// The proxy, as seen from inside the VM. It keeps what saves host calls: the ids
+/// of the counters it defined (defining one is a host call: once per VM), the time
+/// read once per callback, and the proxy's log level read on the timer. A
+/// `BTreeMap`: std's hash maps draw their keys from the host's randomness the first
+/// time one is made, and a VM must come up (and refuse) even where that randomness
+/// fails.
 #[derive(Default)]
 pub struct ProxyHost {
     metrics: BTreeMap<String, u32>,
+    /// The time of the running callback, read at its first use: every decision of
+    /// one callback sees one instant (and it costs one host call, not one a use).
+    now: Cell<Option<SystemTime>>,
+    /// The proxy's log level as last read (at configure, then on every tick): an
+    /// operator who raises it to debug gets explanations within a tick.
+    log_level: Option<u32>,
+    /// The header map the running callback read (or last wrote), with its kind: an
+    /// edit of it then needs no second read. Gone when the callback ends or the
+    /// effective context changes.
+    seen: Option<(u32, Pairs)>,
+}
+
+type Pairs = Vec<(String, Vec<u8>)>;
+
+impl ProxyHost {
+    /// A host callback starts: the time is read afresh when first asked for.
+    pub fn begin_callback(&mut self) {
+        self.now.set(None);
+        self.seen = None;
+    }
+
+    /// Reads a header map of the current stream, kept for an edit in the same
+    /// callback.
+    pub fn header_pairs(&mut self, map: u32) -> Result<Pairs, HostError> {
+        let pairs = abi::header_pairs(map)?;
+        self.seen = Some((map, pairs.clone()));
+        Ok(pairs)
+    }
+
+    /// The edits one by one: a call for each removal and each setting.
+    fn edit_each(&mut self, m: u32, edits: &HeaderEdits) -> Result<(), HostError> {
+        self.seen = None;
+        for name in &edits.remove {
+            abi::remove_header(m, name)?;
+        }
+        for (name, value) in &edits.set {
+            abi::replace_header(m, name, value)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the proxy's log level again (configure and the timer).
+    pub fn refresh_log_level(&mut self) {
+        self.log_level = abi::log_level().ok();
+    }
 }
 
 fn log_level(level: LogLevel) -> u32 {
@@ -69,7 +117,13 @@ impl SharedData for ProxyHost {
 
 impl Host for ProxyHost {
     fn now(&self) -> Result<SystemTime, HostError> {
-        abi::now_nanos().map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n))
+        if let Some(t) = self.now.get() {
+            return Ok(t);
+        }
+        // A failed read is not kept: the next use asks the host again.
+        let t = abi::now_nanos().map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n))?;
+        self.now.set(Some(t));
+        Ok(t)
     }
 
     fn fill_random(&mut self, buf: &mut [u8]) -> Result<(), HostError> {
@@ -83,7 +137,8 @@ impl Host for ProxyHost {
     }
 
     fn debug_enabled(&mut self) -> bool {
-        abi::log_level().is_ok_and(|l| l <= log_level(LogLevel::Debug))
+        self.log_level
+            .is_some_and(|l| l <= log_level(LogLevel::Debug))
     }
 
     fn count(&mut self, name: &str, delta: u64) {
@@ -118,6 +173,7 @@ impl Host for ProxyHost {
     }
 
     fn switch_to(&mut self, context: u32) -> Result<(), HostError> {
+        self.seen = None;
         abi::set_effective_context(context)
     }
 
@@ -136,14 +192,34 @@ impl Host for ProxyHost {
         abi::property(path)
     }
 
+    /// Each removal or setting is a host call; the whole map written at once is one
+    /// (plus one to read it, unless this callback read it already). The cheaper way
+    /// is taken, and a map the edits would not change is not written at all.
     fn edit_headers(&mut self, kind: MapKind, edits: &HeaderEdits) -> Result<(), HostError> {
         let m = map(kind);
-        for name in &edits.remove {
-            abi::remove_header(m, name)?;
+        let each = edits.remove.len() + edits.set.len();
+        let known = match self.seen.take() {
+            Some((seen, pairs)) if seen == m => Some(pairs),
+            _ => None,
+        };
+        let whole = if known.is_some() { 1 } else { 2 };
+        if each <= whole {
+            return self.edit_each(m, edits);
         }
-        for (name, value) in &edits.set {
-            abi::replace_header(m, name, value)?;
+        let current = match known {
+            Some(pairs) => pairs,
+            None => abi::header_pairs(m)?,
+        };
+        // A name the host handed over in bytes that are not UTF-8 would not be
+        // written back as it was: one call an edit then.
+        if current.iter().any(|(n, _)| n.contains('\u{fffd}')) {
+            return self.edit_each(m, edits);
         }
+        let next = edited(&current, edits);
+        if next != current {
+            abi::set_header_pairs(m, &next)?;
+        }
+        self.seen = Some((m, next));
         Ok(())
     }
 
@@ -160,5 +236,79 @@ impl Host for ProxyHost {
 
     fn reset(&mut self) -> Result<(), HostError> {
         abi::close_stream(abi::STREAM_RESPONSE)
+    }
+}
+
+/// `pairs` after `edits`: every occurrence of a removed name gone, then each set
+/// name holding exactly its one value (in the place of its first occurrence, else
+/// at the end), as the host's remove and replace calls would leave the map.
+fn edited(pairs: &[(String, Vec<u8>)], edits: &HeaderEdits) -> Pairs {
+    let mut out: Pairs = pairs
+        .iter()
+        .filter(|(n, _)| !edits.remove.iter().any(|r| r.eq_ignore_ascii_case(n)))
+        .cloned()
+        .collect();
+    for (name, value) in &edits.set {
+        let mut first = true;
+        out.retain_mut(|(n, v)| {
+            if !n.eq_ignore_ascii_case(name) {
+                return true;
+            }
+            if first {
+                first = false;
+                value.as_bytes().clone_into(v);
+                return true;
+            }
+            false
+        });
+        if first {
+            out.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Pairs {
+        list.iter()
+            .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn edits_of_a_whole_map_remove_then_set_in_place() {
+        let before = pairs(&[
+            (":status", "200"),
+            ("etag", "x"),
+            ("cache-control", "public"),
+            ("x-a", "1"),
+            ("cache-control", "max-age=60"),
+        ]);
+        let mut edits = HeaderEdits::default();
+        edits.remove("etag");
+        edits.remove("x-absent");
+        edits.set("cache-control", "private, no-store");
+        edits.set("content-length", "12");
+        assert_eq!(
+            edited(&before, &edits),
+            pairs(&[
+                (":status", "200"),
+                ("cache-control", "private, no-store"),
+                ("x-a", "1"),
+                ("content-length", "12"),
+            ])
+        );
+    }
+
+    #[test]
+    fn edits_that_change_nothing_leave_the_map_equal() {
+        let before = pairs(&[(":status", "200"), ("content-length", "12")]);
+        let mut edits = HeaderEdits::default();
+        edits.remove("etag");
+        edits.set("content-length", "12");
+        assert_eq!(edited(&before, &edits), before);
     }
 }
