@@ -231,6 +231,8 @@ impl Plugin {
                 },
                 1,
             );
+            // A full batch that waited for this one goes now, not at the next tick.
+            self.ship(host);
             return None;
         }
         if !(200..300).contains(&status) || now.is_none() {

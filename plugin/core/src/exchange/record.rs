@@ -189,6 +189,9 @@ impl Plugin {
             if !self.config.audit.log {
                 written = Ok(());
             }
+            // A full batch goes at once: shipping only on the timer would cap the
+            // trail at one batch a tick, and a busy worker would drop records.
+            self.ship(host);
         }
         if written.is_err() {
             host.count("consentry.audit.write_failed", 1);
