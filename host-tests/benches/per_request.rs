@@ -160,6 +160,15 @@ const SCENARIOS: &[Scenario] = &[
         false,
     ),
     s(
+        "nobody-warm-no-audit",
+        "token + policy, warm, audit log off",
+        Consentry,
+        Policy::BenchNoAudit,
+        Body::None,
+        Es256,
+        false,
+    ),
+    s(
         "es256-warm",
         "ES256 token + policy, warm",
         Consentry,
@@ -476,11 +485,13 @@ fn per_round(s: &Scenario, e: Engine) -> usize {
 const ROUNDS: usize = 5;
 const WARMUP: usize = 20;
 
-/// Median microseconds per request over ROUNDS rounds.
-fn time(s: &Scenario, e: Engine) -> Option<f64> {
+/// Median microseconds per request over ROUNDS rounds (and, through the `.wasm`,
+/// the host calls a request makes).
+fn time(s: &Scenario, e: Engine) -> Option<(f64, Option<f64>)> {
     if s.filter == Noop && e == Engine::Native {
         return None;
     }
+    let mut calls = None;
     let now = SystemTime::now();
     let mut minter = Minter::new(s.alg, now);
     let body = body_bytes(s.body);
@@ -495,6 +506,7 @@ fn time(s: &Scenario, e: Engine) -> Option<f64> {
                 exchanges(s, tokens(s, &mut minter, WARMUP), &body),
             );
             assert!(warm.iter().all(|c| *c == want), "{}: {warm:?}", s.name);
+            proxy.host_calls().take();
             for _ in 0..ROUNDS {
                 let items = exchanges(s, tokens(s, &mut minter, n), &body);
                 let start = Instant::now();
@@ -502,6 +514,8 @@ fn time(s: &Scenario, e: Engine) -> Option<f64> {
                 samples.push(start.elapsed().as_secs_f64() * 1e6 / n as f64);
                 assert!(codes.iter().all(|c| *c == want), "{}: {codes:?}", s.name);
             }
+            let total: u64 = proxy.host_calls().take().values().sum();
+            calls = Some(total as f64 / (ROUNDS * n) as f64);
         }
         Engine::Native => {
             let mut native = Native::new(s, now);
@@ -519,7 +533,7 @@ fn time(s: &Scenario, e: Engine) -> Option<f64> {
             }
         }
     }
-    Some(support::median(samples))
+    Some((support::median(samples), calls))
 }
 
 /// The child of `--instructions`: one scenario, one engine, `n` measured requests.
@@ -618,12 +632,15 @@ fn main() {
         native_us: Option<f64>,
         wasm_ins: Option<f64>,
         native_ins: Option<f64>,
+        calls: Option<f64>,
     }
     let mut lines = Vec::new();
     for s in &chosen {
         eprint!("{:<20}", s.name);
-        let wasm_us = time(s, Engine::Wasm);
-        let native_us = time(s, Engine::Native);
+        let wasm = time(s, Engine::Wasm);
+        let wasm_us = wasm.map(|(us, _)| us);
+        let calls = wasm.and_then(|(_, c)| c);
+        let native_us = time(s, Engine::Native).map(|(us, _)| us);
         let (wasm_ins, native_ins) = if counting {
             (
                 instructions(s, Engine::Wasm),
@@ -645,6 +662,7 @@ fn main() {
             native_us,
             wasm_ins,
             native_ins,
+            calls,
         });
     }
 
@@ -653,9 +671,9 @@ fn main() {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| scenario | harness (wasmtime) µs/request | native µs/request | instructions/request, harness | … minus the no-op filter's | instructions/request, native | × same-warmth ES256 (harness) |"
+        "| scenario | harness (wasmtime) µs/request | native µs/request | instructions/request, harness | … minus the no-op filter's | instructions/request, native | host calls/request | × same-warmth ES256 (harness) |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for l in &lines {
         let over_noop = match (l.wasm_ins, noop.and_then(|n| n.wasm_ins)) {
             (Some(a), Some(b)) if l.s.filter == Consentry => Some(a - b),
@@ -684,7 +702,7 @@ fn main() {
         };
         let _ = writeln!(
             out,
-            "| {} ({}) | {} | {} | {} | {} | {} | {} |",
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} |",
             l.s.label,
             l.s.name,
             fmt_opt(l.wasm_us, 1),
@@ -692,7 +710,52 @@ fn main() {
             fmt_k(l.wasm_ins),
             fmt_k(over_noop),
             fmt_k(l.native_ins),
+            fmt_opt(l.calls, 1),
             versus
+        );
+    }
+    // Each phase as the difference of two scenarios that differ by it alone.
+    let phases: [(&str, &str, &str); 4] = [
+        (
+            "token + policy + request edits (warm), response headers only",
+            "nobody-warm-no-audit",
+            "noop-5k",
+        ),
+        (
+            "audit record (hash chain, JSON, its host calls)",
+            "nobody-warm",
+            "nobody-warm-no-audit",
+        ),
+        (
+            "response held, 5 KB redacted, body host calls",
+            "5k-warm-no-audit",
+            "nobody-warm-no-audit",
+        ),
+        (
+            "token check alone, cold − warm (one ES256 verification)",
+            "5k-cold",
+            "5k-warm",
+        ),
+    ];
+    let mut table = String::new();
+    for (what, with, without) in phases {
+        let (Some(a), Some(b)) = (find(with), find(without)) else {
+            continue;
+        };
+        let diff = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| x - y);
+        let _ = writeln!(
+            table,
+            "| {what} | {with} − {without} | {} | {} | {} | {} |",
+            fmt_opt(diff(a.wasm_us, b.wasm_us), 1),
+            fmt_k(diff(a.wasm_ins, b.wasm_ins)),
+            fmt_k(diff(a.native_ins, b.native_ins)),
+            fmt_opt(diff(a.calls, b.calls), 1),
+        );
+    }
+    if !table.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nPer phase (the difference of two scenarios):\n\n| phase | scenarios | harness µs | instructions, harness | instructions, native | host calls |\n|---|---|---:|---:|---:|---:|\n{table}"
         );
     }
     println!();

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use consentry_envoy::bench::{self, Group, Options, report};
+use consentry_envoy::bench::{self, AuditTrail, Group, Options, report};
 
 /// wrk through a real Envoy (--concurrency 1, 127.0.0.1) in front of the example
 /// service: bare Envoy, jwt_authn + rbac, the transform filter, a no-op wasm filter and
@@ -61,9 +61,23 @@ struct Cli {
     /// (holding and re-setting the body, one log line per request)
     #[arg(long)]
     decompose: bool,
+    /// Where Consentry's audit records go: collector (shipped in batches, the
+    /// README's production setting), log (a line in Envoy's log each) or off
+    /// [default: collector]
+    #[arg(long, value_name = "TRAIL", value_parser = parse_audit)]
+    audit: Option<AuditTrail>,
+    /// Seconds of each fixed-load latency run (half bare Envoy's capacity, open
+    /// loop), 0 for none [default: 10; 1 with --quick]
+    #[arg(long, value_name = "S")]
+    fixed_seconds: Option<u32>,
+    /// Instead: how the cost grows, against the body's size (1 KB to 1 MB) and the
+    /// policy's size (routes × rules), bare Envoy beside Consentry at each point;
+    /// writes curves.md, curves-body.svg and curves-policy.svg
+    #[arg(long, conflicts_with_all = ["group", "only", "compare_wasm", "policy", "decompose", "fixed_seconds"])]
+    curves: bool,
     /// Instead: the benchmark module's cases (redactor, verification, policy, host
     /// calls) natively and inside Envoy's V8; writes in-wasm.md
-    #[arg(long, conflicts_with_all = ["quick", "reps", "seconds", "single_seconds", "warmup", "connections", "group", "only", "wasm", "compare_wasm", "policy", "decompose"])]
+    #[arg(long, conflicts_with_all = ["quick", "reps", "seconds", "single_seconds", "warmup", "connections", "group", "only", "wasm", "compare_wasm", "policy", "decompose", "audit", "fixed_seconds"])]
     in_wasm: bool,
     /// Time per case of --in-wasm, in milliseconds
     #[arg(long, value_name = "MS", default_value_t = 300, requires = "in_wasm")]
@@ -74,6 +88,10 @@ struct Cli {
     /// Where the results go [default: results/envoy]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+}
+
+fn parse_audit(text: &str) -> Result<AuditTrail, String> {
+    AuditTrail::parse(text).ok_or_else(|| format!("collector, log or off, not {text:?}"))
 }
 
 fn parse_group(text: &str) -> Result<Group, String> {
@@ -101,6 +119,8 @@ impl Cli {
         o.compare_wasm = self.compare_wasm;
         o.policy = self.policy;
         o.decompose = self.decompose;
+        o.audit = self.audit.unwrap_or(o.audit);
+        o.fixed_seconds = self.fixed_seconds.unwrap_or(o.fixed_seconds);
         if let Some(out) = self.out {
             o.out = out;
         }
@@ -115,6 +135,15 @@ fn main() -> ExitCode {
         bench::inwasm::run(cli.budget_ms, cli.module.clone(), &out).map(|report| {
             println!("{report}");
             println!("written: {}", out.join("in-wasm.md").display());
+        })
+    } else if cli.curves {
+        let options = cli.options();
+        bench::curves::run(&options).map(|curves| {
+            println!("{}", bench::curves::tables(&curves));
+            println!(
+                "written: {} (curves.md, curves-body.svg, curves-policy.svg)",
+                options.out.display()
+            );
         })
     } else {
         run(&cli.options())
@@ -143,7 +172,11 @@ fn run(options: &Options) -> Result<()> {
     println!();
     print!("{}", report::table(&outcome.results));
     println!();
-    for line in bench::targets(&outcome.results) {
+    if !outcome.fixed.is_empty() {
+        print!("{}", bench::fixed_table(&outcome.fixed));
+        println!();
+    }
+    for line in bench::targets(&outcome.results, &outcome.fixed) {
         println!("- {line}");
     }
     println!();
