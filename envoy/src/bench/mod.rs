@@ -62,6 +62,9 @@ pub struct Options {
     pub audit: AuditTrail,
     /// Seconds of each fixed-load latency run (0: none).
     pub fixed_seconds: u32,
+    /// The offered loads of the fixed-load runs, as fractions of bare Envoy's
+    /// capacity measured in the same run.
+    pub fixed_fractions: Vec<f64>,
     /// Where the table, the CSV and the chart go.
     pub out: PathBuf,
 }
@@ -83,6 +86,7 @@ impl Options {
             decompose: false,
             audit: AuditTrail::Collector,
             fixed_seconds: 10,
+            fixed_fractions: vec![0.5],
             out: project_root().join("results").join("envoy"),
         }
     }
@@ -674,7 +678,9 @@ pub fn run(options: &Options) -> Result<Outcome> {
 pub struct FixedRow {
     pub group: Group,
     pub role: Role,
-    /// Requests per second offered: half of bare Envoy's capacity in this run.
+    /// The offered load as a fraction of bare Envoy's capacity in this run.
+    pub fraction: f64,
+    /// Requests per second offered.
     pub rate: f64,
     pub p50_ms: Vec<f64>,
     pub p99_ms: Vec<f64>,
@@ -706,11 +712,16 @@ fn fixed_load(
         if !consentry_warm {
             continue;
         }
-        for role in [Role::Bare, Role::Consentry] {
+        for (&fraction, role) in options
+            .fixed_fractions
+            .iter()
+            .flat_map(|f| [(f, Role::Bare), (f, Role::Consentry)])
+        {
             rows.push(FixedRow {
                 group,
                 role,
-                rate: (bare.rps * 0.5).round(),
+                fraction,
+                rate: (bare.rps * fraction).round(),
                 p50_ms: Vec::new(),
                 p99_ms: Vec::new(),
                 achieved: Vec::new(),
@@ -739,7 +750,7 @@ fn fixed_load(
             };
             let l = fixed::run(&plan)?;
             eprintln!(
-                "[{}/{}] fixed {:>6} req/s {:<5} {:<10} p50 {:.3} ms  p99 {:.3} ms  ({} req/s done, {} errors)",
+                "[{}/{}] fixed {:>6} req/s {:<6} {:<10} p50 {:.3} ms  p99 {:.3} ms  ({} req/s done, {} errors)",
                 rep + 1,
                 options.repetitions,
                 report::thousands(row.rate),
@@ -764,25 +775,26 @@ fn fixed_load(
 pub fn fixed_table(rows: &[FixedRow]) -> String {
     use report::median;
     let mut t = String::from(
-        "| fixed load (½ bare capacity) | offered req/s | p50 ms | p99 ms | p50 added ms | p99 added ms | errors |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| fixed load | offered req/s | p50 ms | p99 ms | p50 added ms | p99 added ms | errors |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let bare = rows
             .iter()
-            .find(|r| r.group == row.group && r.role == Role::Bare);
+            .find(|r| r.group == row.group && r.fraction == row.fraction && r.role == Role::Bare);
         let (p50, p99) = (median(row.p50_ms.clone()), median(row.p99_ms.clone()));
         let added = |f: &dyn Fn(&FixedRow) -> f64| match (row.role, bare) {
             (Role::Consentry, Some(b)) => format!("{:+.3}", f(row) - f(b)),
             _ => "–".to_owned(),
         };
         t.push_str(&format!(
-            "| {} {} | {} | {:.3} | {:.3} | {} | {} | {} |\n",
+            "| {} {}, {:.0}% of bare's capacity | {} | {:.3} | {:.3} | {} | {} | {} |\n",
             row.group.slug(),
             if row.role == Role::Bare {
                 "bare Envoy"
             } else {
                 "Consentry, warm"
             },
+            row.fraction * 100.0,
             report::thousands(row.rate),
             p50,
             p99,
@@ -808,7 +820,6 @@ fn errors_note(m: &Measured) -> String {
 /// The goals the benchmark is held to, each measured beside its goal, as lines of
 /// text (measured, never asserted: the machine is shared and drifts).
 pub fn targets(results: &[RowResult], fixed: &[FixedRow]) -> Vec<String> {
-    use report::find;
     let mut lines = Vec::new();
     let check = |ok: bool| if ok { "met" } else { "NOT met" };
     let consentry = |group: Group, tokens: Tokens| {
@@ -820,8 +831,10 @@ pub fn targets(results: &[RowResult], fixed: &[FixedRow]) -> Vec<String> {
             .map(RowResult::summary)
     };
     let mut ratio = |what: &str, group: Group, tokens: Tokens, peer: Role, goal: f64| {
-        if let (Some(c), Some(p)) = (consentry(group, tokens), find(results, group, peer)) {
-            let r = c.rps / p.rps;
+        let row = results.iter().find(|r| {
+            r.row.group == group && r.row.role == Role::Consentry && r.row.tokens == tokens
+        });
+        if let Some(r) = row.and_then(|row| report::paired_ratio(results, row, peer)) {
             lines.push(format!(
                 "{what}: {r:.2} × (goal ≥ {goal} ×: {})",
                 check(r >= goal)
@@ -863,15 +876,21 @@ pub fn targets(results: &[RowResult], fixed: &[FixedRow]) -> Vec<String> {
         Role::JwtCached,
         1.0,
     );
-    for group in [Group::Record5k, Group::NoBody] {
-        let row = |role| fixed.iter().find(|r| r.group == group && r.role == role);
+    for f in fixed.iter().filter(|r| r.role == Role::Bare) {
+        let group = f.group;
+        let row = |role| {
+            fixed
+                .iter()
+                .find(|r| r.group == group && r.fraction == f.fraction && r.role == role)
+        };
         if let (Some(b), Some(c)) = (row(Role::Bare), row(Role::Consentry)) {
             let m = |v: &Vec<f64>| report::median(v.clone());
             let p50 = m(&c.p50_ms) - m(&b.p50_ms);
             let p99 = m(&c.p99_ms) - m(&b.p99_ms);
             lines.push(format!(
-                "added latency at a fixed load of {} req/s ({}): p50 {p50:+.3} ms, p99 {p99:+.3} ms (goal p99 ≤ 0.3 ms: {})",
+                "added latency at a fixed load of {} req/s ({:.0}% of bare's capacity, {}): p50 {p50:+.3} ms, p99 {p99:+.3} ms (goal p99 ≤ 0.3 ms at 50%: {})",
                 report::thousands(b.rate),
+                b.fraction * 100.0,
                 group.slug(),
                 check(p99 <= 0.3)
             ));

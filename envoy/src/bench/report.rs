@@ -75,11 +75,25 @@ pub fn find(results: &[RowResult], group: Group, role: Role) -> Option<Summary> 
         .map(RowResult::summary)
 }
 
-fn ratio(a: f64, b: Option<Summary>) -> String {
-    match b {
-        Some(b) if b.rps > 0.0 => format!("{:.2}×", a / b.rps),
-        _ => "–".to_owned(),
-    }
+/// `row`'s requests/s over `peer`'s in the same group: the median of the ratios of
+/// each repetition (a repetition runs every row once, close together), which
+/// follows the load the shared machine was under better than a ratio of medians.
+pub fn paired_ratio(results: &[RowResult], row: &RowResult, peer: Role) -> Option<f64> {
+    let peer = results
+        .iter()
+        .find(|r| r.row.group == row.row.group && r.row.role == peer)?;
+    let ratios: Vec<f64> = row
+        .load
+        .iter()
+        .zip(&peer.load)
+        .filter(|(_, p)| p.rps() > 0.0)
+        .map(|(m, p)| m.rps() / p.rps())
+        .collect();
+    (!ratios.is_empty()).then(|| median(ratios))
+}
+
+fn ratio(results: &[RowResult], row: &RowResult, peer: Role) -> String {
+    paired_ratio(results, row, peer).map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"))
 }
 
 /// `12345.6` → `12,346`.
@@ -148,10 +162,10 @@ pub fn table(results: &[RowResult]) -> String {
             single(s.single_p50_ms),
             single(s.single_p99_ms),
             added,
-            ratio(s.rps, bare),
-            ratio(s.rps, find(results, g, Role::JwtCached)),
-            ratio(s.rps, find(results, g, Role::Jwt)),
-            ratio(s.rps, find(results, g, Role::Transform)),
+            ratio(results, r, Role::Bare),
+            ratio(results, r, Role::JwtCached),
+            ratio(results, r, Role::Jwt),
+            ratio(results, r, Role::Transform),
             s.errors,
         );
     }

@@ -70,14 +70,18 @@ struct Cli {
     /// loop), 0 for none [default: 10; 1 with --quick]
     #[arg(long, value_name = "S")]
     fixed_seconds: Option<u32>,
+    /// An offered load of the fixed-load runs, as a fraction of bare Envoy's
+    /// capacity (repeatable) [default: 0.5]
+    #[arg(long, value_name = "F", value_parser = parse_fraction)]
+    fixed_fraction: Vec<f64>,
     /// Instead: how the cost grows, against the body's size (1 KB to 1 MB) and the
     /// policy's size (routes × rules), bare Envoy beside Consentry at each point;
     /// writes curves.md, curves-body.svg and curves-policy.svg
-    #[arg(long, conflicts_with_all = ["group", "only", "compare_wasm", "policy", "decompose", "fixed_seconds"])]
+    #[arg(long, conflicts_with_all = ["group", "only", "compare_wasm", "policy", "decompose", "fixed_seconds", "fixed_fraction"])]
     curves: bool,
     /// Instead: the benchmark module's cases (redactor, verification, policy, host
     /// calls) natively and inside Envoy's V8; writes in-wasm.md
-    #[arg(long, conflicts_with_all = ["quick", "reps", "seconds", "single_seconds", "warmup", "connections", "group", "only", "wasm", "compare_wasm", "policy", "decompose", "audit", "fixed_seconds"])]
+    #[arg(long, conflicts_with_all = ["quick", "reps", "seconds", "single_seconds", "warmup", "connections", "group", "only", "wasm", "compare_wasm", "policy", "decompose", "audit", "fixed_seconds", "fixed_fraction"])]
     in_wasm: bool,
     /// Time per case of --in-wasm, in milliseconds
     #[arg(long, value_name = "MS", default_value_t = 300, requires = "in_wasm")]
@@ -88,6 +92,13 @@ struct Cli {
     /// Where the results go [default: results/envoy]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|f| *f > 0.0 && *f <= 1.0)
+        .ok_or_else(|| format!("a fraction in (0, 1], not {text:?}"))
 }
 
 fn parse_audit(text: &str) -> Result<AuditTrail, String> {
@@ -121,6 +132,9 @@ impl Cli {
         o.decompose = self.decompose;
         o.audit = self.audit.unwrap_or(o.audit);
         o.fixed_seconds = self.fixed_seconds.unwrap_or(o.fixed_seconds);
+        if !self.fixed_fraction.is_empty() {
+            o.fixed_fractions = self.fixed_fraction;
+        }
         if let Some(out) = self.out {
             o.out = out;
         }
