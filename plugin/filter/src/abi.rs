@@ -54,7 +54,6 @@ unsafe extern "C" {
         len: usize,
     ) -> u32;
     fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
-    fn proxy_set_header_map_pairs(map: u32, data: *const u8, size: usize) -> u32;
     fn proxy_replace_header_map_value(
         map: u32,
         k: *const u8,
@@ -231,14 +230,6 @@ pub fn header_pairs(map: u32) -> Result<Vec<(String, Vec<u8>)>, HostError> {
     let bytes = take(data, size);
     status(code)?;
     decode_pairs(&bytes)
-}
-
-/// Replaces a whole header map with `pairs` (Envoy removes every header, then adds
-/// the pairs in order).
-pub fn set_header_pairs(map: u32, pairs: &[(String, Vec<u8>)]) -> Result<(), HostError> {
-    let bytes = encode_pairs(pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_slice())));
-    // SAFETY: pointer and length of a live buffer.
-    status(unsafe { proxy_set_header_map_pairs(map, bytes.as_ptr(), bytes.len()) })
 }
 
 pub fn replace_header(map: u32, name: &str, value: &str) -> Result<(), HostError> {

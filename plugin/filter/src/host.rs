@@ -28,39 +28,12 @@ pub struct ProxyHost {
     /// The proxy's log level as last read (at configure, then on every tick): an
     /// operator who raises it to debug gets explanations within a tick.
     log_level: Option<u32>,
-    /// The header map the running callback read (or last wrote), with its kind: an
-    /// edit of it then needs no second read. Gone when the callback ends or the
-    /// effective context changes.
-    seen: Option<(u32, Pairs)>,
 }
-
-type Pairs = Vec<(String, Vec<u8>)>;
 
 impl ProxyHost {
     /// A host callback starts: the time is read afresh when first asked for.
     pub fn begin_callback(&mut self) {
         self.now.set(None);
-        self.seen = None;
-    }
-
-    /// Reads a header map of the current stream, kept for an edit in the same
-    /// callback.
-    pub fn header_pairs(&mut self, map: u32) -> Result<Pairs, HostError> {
-        let pairs = abi::header_pairs(map)?;
-        self.seen = Some((map, pairs.clone()));
-        Ok(pairs)
-    }
-
-    /// The edits one by one: a call for each removal and each setting.
-    fn edit_each(&mut self, m: u32, edits: &HeaderEdits) -> Result<(), HostError> {
-        self.seen = None;
-        for name in &edits.remove {
-            abi::remove_header(m, name)?;
-        }
-        for (name, value) in &edits.set {
-            abi::replace_header(m, name, value)?;
-        }
-        Ok(())
     }
 
     /// Reads the proxy's log level again (configure and the timer).
@@ -173,7 +146,6 @@ impl Host for ProxyHost {
     }
 
     fn switch_to(&mut self, context: u32) -> Result<(), HostError> {
-        self.seen = None;
         abi::set_effective_context(context)
     }
 
@@ -192,34 +164,17 @@ impl Host for ProxyHost {
         abi::property(path)
     }
 
-    /// Each removal or setting is a host call; the whole map written at once is one
-    /// (plus one to read it, unless this callback read it already). The cheaper way
-    /// is taken, and a map the edits would not change is not written at all.
     fn edit_headers(&mut self, kind: MapKind, edits: &HeaderEdits) -> Result<(), HostError> {
+        // One call a header. Writing the whole map in one call
+        // (proxy_set_header_map_pairs) makes fewer calls but measured no faster in
+        // Envoy, which then removes and re-adds every header (envoy/BENCHMARKS.md).
         let m = map(kind);
-        let each = edits.remove.len() + edits.set.len();
-        let known = match self.seen.take() {
-            Some((seen, pairs)) if seen == m => Some(pairs),
-            _ => None,
-        };
-        let whole = if known.is_some() { 1 } else { 2 };
-        if each <= whole {
-            return self.edit_each(m, edits);
+        for name in &edits.remove {
+            abi::remove_header(m, name)?;
         }
-        let current = match known {
-            Some(pairs) => pairs,
-            None => abi::header_pairs(m)?,
-        };
-        // A name the host handed over in bytes that are not UTF-8 would not be
-        // written back as it was: one call an edit then.
-        if current.iter().any(|(n, _)| n.contains('\u{fffd}')) {
-            return self.edit_each(m, edits);
+        for (name, value) in &edits.set {
+            abi::replace_header(m, name, value)?;
         }
-        let next = edited(&current, edits);
-        if next != current {
-            abi::set_header_pairs(m, &next)?;
-        }
-        self.seen = Some((m, next));
         Ok(())
     }
 
@@ -236,79 +191,5 @@ impl Host for ProxyHost {
 
     fn reset(&mut self) -> Result<(), HostError> {
         abi::close_stream(abi::STREAM_RESPONSE)
-    }
-}
-
-/// `pairs` after `edits`: every occurrence of a removed name gone, then each set
-/// name holding exactly its one value (in the place of its first occurrence, else
-/// at the end), as the host's remove and replace calls would leave the map.
-fn edited(pairs: &[(String, Vec<u8>)], edits: &HeaderEdits) -> Pairs {
-    let mut out: Pairs = pairs
-        .iter()
-        .filter(|(n, _)| !edits.remove.iter().any(|r| r.eq_ignore_ascii_case(n)))
-        .cloned()
-        .collect();
-    for (name, value) in &edits.set {
-        let mut first = true;
-        out.retain_mut(|(n, v)| {
-            if !n.eq_ignore_ascii_case(name) {
-                return true;
-            }
-            if first {
-                first = false;
-                value.as_bytes().clone_into(v);
-                return true;
-            }
-            false
-        });
-        if first {
-            out.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pairs(list: &[(&str, &str)]) -> Pairs {
-        list.iter()
-            .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
-            .collect()
-    }
-
-    #[test]
-    fn edits_of_a_whole_map_remove_then_set_in_place() {
-        let before = pairs(&[
-            (":status", "200"),
-            ("etag", "x"),
-            ("cache-control", "public"),
-            ("x-a", "1"),
-            ("cache-control", "max-age=60"),
-        ]);
-        let mut edits = HeaderEdits::default();
-        edits.remove("etag");
-        edits.remove("x-absent");
-        edits.set("cache-control", "private, no-store");
-        edits.set("content-length", "12");
-        assert_eq!(
-            edited(&before, &edits),
-            pairs(&[
-                (":status", "200"),
-                ("cache-control", "private, no-store"),
-                ("x-a", "1"),
-                ("content-length", "12"),
-            ])
-        );
-    }
-
-    #[test]
-    fn edits_that_change_nothing_leave_the_map_equal() {
-        let before = pairs(&[(":status", "200"), ("content-length", "12")]);
-        let mut edits = HeaderEdits::default();
-        edits.remove("etag");
-        edits.set("content-length", "12");
-        assert_eq!(edited(&before, &edits), before);
     }
 }

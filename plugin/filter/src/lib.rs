@@ -79,9 +79,9 @@ fn with_stream(context: u32, f: impl FnOnce(&mut Filter, &mut ProxyHost) -> Flow
 /// Forwards one stream callback. `side` is the half of the stream it belongs to:
 /// when the host will not hand over what the event carries (its header map), the
 /// core gets the event as unreadable on that side, and refuses it.
-fn event(context: u32, side: Side, read: impl FnOnce(&mut ProxyHost) -> Option<Event>) -> u32 {
+fn event(context: u32, side: Side, read: impl FnOnce() -> Option<Event>) -> u32 {
     with_stream(context, |filter, host| {
-        let e = read(host).unwrap_or(Event::Unreadable(side));
+        let e = read().unwrap_or(Event::Unreadable(side));
         filter.on_event(context, e, host)
     })
 }
@@ -197,7 +197,7 @@ pub extern "C" fn proxy_on_done(context: u32) -> u32 {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_log(context: u32) {
-    event(context, Side::Response, |_| Some(Event::Log));
+    event(context, Side::Response, || Some(Event::Log));
 }
 
 #[unsafe(no_mangle)]
@@ -217,14 +217,14 @@ pub extern "C" fn proxy_on_delete(context: u32) {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_request_headers(context: u32, _headers: usize, eos: u32) -> u32 {
-    event(context, Side::Request, |host| {
-        read_request_head(host, eos != 0).map(Event::RequestHeaders)
+    event(context, Side::Request, || {
+        read_request_head(eos != 0).map(Event::RequestHeaders)
     })
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_request_body(context: u32, size: usize, eos: u32) -> u32 {
-    event(context, Side::Request, |_| {
+    event(context, Side::Request, || {
         Some(Event::RequestBody {
             size,
             end_of_stream: eos != 0,
@@ -234,22 +234,22 @@ pub extern "C" fn proxy_on_request_body(context: u32, size: usize, eos: u32) -> 
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_request_trailers(context: u32, _trailers: usize) -> u32 {
-    event(context, Side::Request, |host| {
-        read_headers(host, abi::REQUEST_TRAILERS).map(Event::RequestTrailers)
+    event(context, Side::Request, || {
+        read_headers(abi::REQUEST_TRAILERS).map(Event::RequestTrailers)
     })
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_request_metadata(context: u32, _elements: usize) -> u32 {
-    event(context, Side::Request, |_| {
+    event(context, Side::Request, || {
         Some(Event::Metadata(Side::Request))
     })
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_response_headers(context: u32, _headers: usize, eos: u32) -> u32 {
-    event(context, Side::Response, |host| {
-        let headers = read_headers(host, abi::RESPONSE_HEADERS)?;
+    event(context, Side::Response, || {
+        let headers = read_headers(abi::RESPONSE_HEADERS)?;
         let status = headers
             .get_str(":status")
             .and_then(|s| s.parse::<u16>().ok())
@@ -264,7 +264,7 @@ pub extern "C" fn proxy_on_response_headers(context: u32, _headers: usize, eos: 
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_response_body(context: u32, size: usize, eos: u32) -> u32 {
-    event(context, Side::Response, |_| {
+    event(context, Side::Response, || {
         Some(Event::ResponseBody {
             size,
             end_of_stream: eos != 0,
@@ -274,14 +274,14 @@ pub extern "C" fn proxy_on_response_body(context: u32, size: usize, eos: u32) ->
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_response_trailers(context: u32, _trailers: usize) -> u32 {
-    event(context, Side::Response, |host| {
-        read_headers(host, abi::RESPONSE_TRAILERS).map(Event::ResponseTrailers)
+    event(context, Side::Response, || {
+        read_headers(abi::RESPONSE_TRAILERS).map(Event::ResponseTrailers)
     })
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_response_metadata(context: u32, _elements: usize) -> u32 {
-    event(context, Side::Response, |_| {
+    event(context, Side::Response, || {
         Some(Event::Metadata(Side::Response))
     })
 }
@@ -302,7 +302,7 @@ pub extern "C" fn proxy_on_http_call_response(
             return;
         };
         // An answer that cannot be read is a failed fetch (status 0).
-        let status = read_headers(&mut vm.host, abi::CALL_RESPONSE_HEADERS)
+        let status = read_headers(abi::CALL_RESPONSE_HEADERS)
             .and_then(|h| h.get_str(":status").and_then(|s| s.parse::<u16>().ok()))
             .unwrap_or(0);
         let body = abi::buffer(abi::CALL_RESPONSE_BODY, body_size).unwrap_or_default();
@@ -357,14 +357,14 @@ pub extern "C" fn proxy_on_foreign_function(_root: u32, _function: u32, _size: u
 
 // ── Reading what the host holds ───────────────────────────────────────────────
 
-fn read_headers(host: &mut ProxyHost, map: u32) -> Option<Headers> {
-    host.header_pairs(map)
+fn read_headers(map: u32) -> Option<Headers> {
+    abi::header_pairs(map)
         .ok()
         .map(|pairs| pairs.into_iter().collect())
 }
 
-fn read_request_head(host: &mut ProxyHost, end_of_stream: bool) -> Option<RequestHead> {
-    let headers = read_headers(host, abi::REQUEST_HEADERS)?;
+fn read_request_head(end_of_stream: bool) -> Option<RequestHead> {
+    let headers = read_headers(abi::REQUEST_HEADERS)?;
     let pseudo = |name: &str| headers.get_str(name).unwrap_or_default().to_owned();
     Some(RequestHead {
         method: pseudo(":method"),
