@@ -1,5 +1,9 @@
 //! The demo: the example service, a real Envoy with the plugin in front of it, and
 //! curl lines to paste. Started by `./envoy/demo.sh`; stops on Ctrl-C.
+//! `--open-banking` runs the second scenario instead (`consentry-demo/open_banking.rs`).
+
+#[path = "consentry-demo/open_banking.rs"]
+mod open_banking;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,6 +26,13 @@ fn port_near(preferred: u16) -> u16 {
 }
 
 fn main() -> Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--open-banking") => return open_banking::run(),
+        Some(other) => {
+            anyhow::bail!("unknown argument {other}; usage: consentry-demo [--open-banking]")
+        }
+    }
     let policy = project_root().join("policies").join("example.json");
     let upstream = consentry_example_service::spawn(&format!("127.0.0.1:{}", port_near(8081)))
         .context("starting the example service")?;

@@ -19,6 +19,9 @@
 //!   and h2 over TLS, and the key scenarios over HTTP/2.
 //! - `views`: each persona's view of the example data, through Envoy, is its golden file
 //!   in `examples/views/` byte for byte.
+//! - `open_banking`: the second scenario (`policies/open-banking.json`, the bank's
+//!   accounts): its golden views, whole and chunked, and decisions on
+//!   `authorization_details` entries with their audit records.
 //! - `late_commit`: the response modes on hosts with and without
 //!   `allow_on_headers_stop_iteration` (what the deployment manifests in `envoy/deploy/`
 //!   amount to): redacted views, resets for bodies found unsafe late, stalls.
@@ -46,6 +49,7 @@ mod late_commit;
 mod leaks;
 mod limits;
 mod mtls;
+mod open_banking;
 mod protocols;
 mod proxy_replies;
 mod revocation;

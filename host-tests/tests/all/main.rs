@@ -13,6 +13,7 @@ mod flows;
 mod memory;
 mod model;
 mod modes;
+mod open_banking;
 mod parity;
 mod report;
 mod report_hostile;
