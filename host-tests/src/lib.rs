@@ -25,6 +25,7 @@ pub mod message;
 pub mod mint;
 pub mod oci;
 pub mod plugin;
+pub mod policy_test;
 pub mod properties;
 pub mod proxy;
 pub mod replay;

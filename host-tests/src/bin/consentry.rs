@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use consentry_host::replay::{Exchange, config_as_json};
-use consentry_host::{Plugin, Proxy, StartError, audit_log, plugin::default_wasm_path, report};
+use consentry_host::{
+    Plugin, Proxy, StartError, audit_log, plugin::default_wasm_path, policy_test, report,
+};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +37,23 @@ enum Command {
     Check {
         /// The filter configuration.
         config: PathBuf,
+    },
+    /// Run policy test files (`*.test.yaml`, `*.test.yml`, `*.test.json`; directories
+    /// are searched) through the plugin, in parallel: a summary with a diff for each
+    /// failure; exit 1 when any case fails.
+    Test {
+        /// Test files and directories.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Also write a JUnit XML report here.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Rewrite the golden files (`body_file`) of cases that pass otherwise.
+        #[arg(long)]
+        update: bool,
+        /// Cases run at once (default: the number of CPUs).
+        #[arg(long, short = 'j', value_name = "N")]
+        jobs: Option<usize>,
     },
     /// Explain the decision for one request (a REQUEST file): allowed or refused, the
     /// rule that matched, the reason, and what every field of the response becomes.
@@ -123,13 +142,9 @@ fn plugin(wasm: Option<PathBuf>) -> Result<std::sync::Arc<Plugin>> {
     Plugin::load(&wasm.unwrap_or_else(default_wasm_path))
 }
 
-/// The VM's environment: `--env` pairs, or this process's CONSENTRY_* variables.
-fn vm_env(given: &[String]) -> Result<Vec<(String, String)>> {
-    if given.is_empty() {
-        return Ok(std::env::vars()
-            .filter(|(k, _)| k.starts_with("CONSENTRY_"))
-            .collect());
-    }
+/// The `--env` pairs given. (`consentry test` takes no variables from this process:
+/// each test file sets its own, so a run is the same on every machine.)
+fn vm_env_given(given: &[String]) -> Result<Vec<(String, String)>> {
     given
         .iter()
         .map(|kv| {
@@ -138,6 +153,16 @@ fn vm_env(given: &[String]) -> Result<Vec<(String, String)>> {
                 .with_context(|| format!("--env {kv}: expected NAME=VALUE"))
         })
         .collect()
+}
+
+/// The VM's environment: `--env` pairs, or this process's CONSENTRY_* variables.
+fn vm_env(given: &[String]) -> Result<Vec<(String, String)>> {
+    if given.is_empty() {
+        return Ok(std::env::vars()
+            .filter(|(k, _)| k.starts_with("CONSENTRY_"))
+            .collect());
+    }
+    vm_env_given(given)
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -193,6 +218,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Test {
+            paths,
+            junit,
+            update,
+            jobs,
+        } => {
+            let files = policy_test::discover(&paths)?;
+            if files.is_empty() {
+                anyhow::bail!(
+                    "no test files (names ending in {}) under {}",
+                    policy_test::TEST_FILE_SUFFIXES.join(", "),
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let options = policy_test::Options {
+                jobs: jobs.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                }),
+                update,
+                env: vm_env_given(&cli.env)?,
+            };
+            let results = policy_test::run(&files, &plugin(cli.wasm)?, &options);
+            print!("{}", policy_test::summary(&results));
+            if let Some(path) = junit {
+                std::fs::write(&path, policy_test::junit_xml(&results)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let all_passed = results
+                .iter()
+                .all(|f| f.error.is_none() && f.cases.iter().all(|c| c.passed()));
+            Ok(if all_passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Replay {
             config,
