@@ -14,6 +14,7 @@ mod memory;
 mod model;
 mod modes;
 mod parity;
+mod policy_suite;
 mod report;
 mod report_hostile;
 mod support;
