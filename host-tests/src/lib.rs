@@ -21,6 +21,7 @@ pub mod audit_log;
 pub mod explain;
 pub mod fidelity;
 pub mod fixtures;
+pub mod lint;
 pub mod message;
 pub mod mint;
 pub mod oci;

@@ -33,10 +33,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate a configuration (JSON or YAML): exit 0, or print each error with its
-    /// location and exit 1.
+    /// location and exit 1. A valid one may still get warnings (`warning: FILE:
+    /// LOCATION: why`) for what is legal but likely wrong; they do not change the exit.
     Check {
         /// The filter configuration.
         config: PathBuf,
+        /// Test files (or directories of them) whose upstream answers are the routes'
+        /// example responses, for the field-path warnings (repeatable; default: the
+        /// `tests` directory beside CONFIG, when there is one).
+        #[arg(long = "examples", value_name = "PATH")]
+        examples: Vec<PathBuf>,
     },
     /// Run policy test files (`*.test.yaml`, `*.test.yml`, `*.test.json`; directories
     /// are searched) through the plugin, in parallel: a summary with a diff for each
@@ -155,6 +161,31 @@ fn vm_env_given(given: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// The warnings for an accepted configuration; none when the core cannot compile it
+/// natively (the plugin, which accepted it, is the authority).
+fn lint(
+    config: &Path,
+    json: &str,
+    env: &[(String, String)],
+    examples: &[PathBuf],
+) -> Vec<consentry_host::lint::Warning> {
+    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let (Ok(doc), Ok(compiled)) = (
+        serde_json::from_str(json),
+        consentry_core::config::Config::from_json(json.as_bytes(), &lookup),
+    ) else {
+        return Vec::new();
+    };
+    let beside = config.parent().unwrap_or(Path::new(".")).join("tests");
+    let paths = if examples.is_empty() && beside.is_dir() {
+        vec![beside]
+    } else {
+        examples.to_vec()
+    };
+    let examples = consentry_host::lint::examples(config, &paths);
+    consentry_host::lint::warnings(&doc, &compiled, &examples)
+}
+
 /// The VM's environment: `--env` pairs, or this process's CONSENTRY_* variables.
 fn vm_env(given: &[String]) -> Result<Vec<(String, String)>> {
     if given.is_empty() {
@@ -168,7 +199,7 @@ fn vm_env(given: &[String]) -> Result<Vec<(String, String)>> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let env = vm_env(&cli.env)?;
     match cli.command {
-        Command::Check { config } => {
+        Command::Check { config, examples } => {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("reading {}", config.display()))?;
             // A document that does not parse is a refused configuration (exit 1),
@@ -181,7 +212,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let mut builder = Proxy::builder(plugin(cli.wasm)?)
-                .config(json)
+                .config(json.clone())
                 .main_thread(false);
             for (k, v) in &env {
                 builder = builder.env(k, v);
@@ -199,6 +230,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .find_map(|l| l.message.strip_prefix(LOADED).map(str::to_owned))
                     {
                         println!("{mode}");
+                    }
+                    for w in lint(&config, &json, &env, &examples) {
+                        println!("warning: {}: {}: {}", config.display(), w.location, w.text);
                     }
                     Ok(ExitCode::SUCCESS)
                 }

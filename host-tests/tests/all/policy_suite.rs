@@ -1,4 +1,4 @@
-//! `consentry test`, run as a policy author and a CI
+//! `consentry test` and `consentry check`'s warnings, run as a policy author and a CI
 //! pipeline run them: the example policy's own suite (`policies/tests/`), a golden
 //! view changed under it, `--update`, the JUnit report, and broken or failing files.
 
@@ -8,7 +8,7 @@ use quick_xml::events::Event;
 use quick_xml::{Reader, XmlVersion};
 
 use crate::cli::{arg, consentry, shown, stdout, write};
-use crate::support::dev_env_arg;
+use crate::support::{dev_env_arg, repo_file};
 
 fn root() -> PathBuf {
     consentry_host::plugin::workspace_root()
@@ -255,4 +255,79 @@ fn a_broken_test_file_names_the_place_and_fails_the_run() {
     let out = consentry(&["test", arg(empty.path())]);
     assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
     assert!(shown(&out).contains("no test files"), "{}", shown(&out));
+}
+
+#[test]
+fn check_warns_of_what_is_legal_but_likely_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut policy: serde_json::Value =
+        serde_json::from_slice(&repo_file("policies/example.json")).unwrap();
+    policy["issuers"][0]["revocation"]["status_list"]["require_status_claim"] = false.into();
+    let record = &mut policy["routes"][0]["response"];
+    record["unclassified"] = "keep".into();
+    let fields = record["fields"].as_array_mut().unwrap();
+    // A misspelt path, and a member released inside the contact the rules remove.
+    fields.push(serde_json::json!({"path": "$.identity.nationalid", "domain": "identity"}));
+    fields.push(serde_json::json!({"path": "$.contact.email", "public": true}));
+    let config = write(dir.path(), "policy.json", &policy.to_string());
+    // The routes' examples: the upstream answers of the cases of a test file in
+    // `tests/` beside the policy (p-5 is a minor: only her record has guardians).
+    let upstream = |id: &str| root().join(format!("policies/tests/upstream/patient-{id}.json"));
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    write(
+        &dir.path().join("tests"),
+        "examples.test.yaml",
+        &format!(
+            "policy: ../policy.json\ncases:\n\
+             - name: p-1\n  request: {{path: /patients/p-1}}\n  upstream: {{body_file: {}}}\n  expect: {{status: 401}}\n\
+             - name: p-5\n  request: {{path: /patients/p-5}}\n  upstream: {{body_file: {}}}\n  expect: {{status: 401}}\n",
+            upstream("p-1").display(),
+            upstream("p-5").display()
+        ),
+    );
+    let out = consentry(&["check", arg(&config), "--env", &dev_env_arg()]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with("policy.json: ok"), "{text}");
+    assert!(lines[1].starts_with("response mode hold"), "{text}");
+    let warning = |location: &str| {
+        let prefix = format!("warning: {}: {location}: ", config.display());
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no warning at {location} in:\n{text}"))
+    };
+    assert!(
+        warning("$.issuers[0].revocation.status_list.require_status_claim")
+            .contains("can never be revoked")
+    );
+    assert!(warning("$.routes[0].response.unclassified").contains("$.identity.national_id"));
+    assert!(
+        warning("$.routes[0].response.fields[15].path")
+            .starts_with("'$.identity.nationalid' is in none of this route's 2 example")
+    );
+    let inside = warning("$.routes[0].response.fields[16].path");
+    assert!(
+        inside.starts_with("'$.contact.email' is released in clear inside '$.contact'"),
+        "{inside}"
+    );
+    assert!(
+        inside.contains("rules insurer-claims, research"),
+        "{inside}"
+    );
+    assert_eq!(lines.len(), 6, "{text}");
+
+    // Without examples, the path warning has nothing to go by.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = consentry(&[
+        "check",
+        arg(&config),
+        "--env",
+        &dev_env_arg(),
+        "--examples",
+        arg(elsewhere.path()),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
+    assert_eq!(stdout(&out).lines().count(), 5, "{}", shown(&out));
 }
