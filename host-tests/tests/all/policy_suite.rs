@@ -331,3 +331,26 @@ fn check_warns_of_what_is_legal_but_likely_wrong() {
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     assert_eq!(stdout(&out).lines().count(), 5, "{}", shown(&out));
 }
+
+/// The suite's upstream answers are the example service's bytes, so its golden views
+/// are what the demo and the Envoy tests show.
+#[test]
+fn the_suites_upstream_answers_are_the_example_services_bytes() {
+    let service = consentry_example_service::ServiceState::builtin().unwrap();
+    let file = |name: &str| {
+        consentry_host::policy_test::read_text_file(
+            &root().join("policies/tests/upstream").join(name),
+        )
+        .unwrap()
+    };
+    for id in ["p-1", "p-2", "p-4", "p-5"] {
+        let stored = service.record(id).unwrap();
+        assert_eq!(
+            file(&format!("patient-{id}.json")).as_bytes(),
+            &stored[..],
+            "{id}"
+        );
+    }
+    let billing = service.billing("p-1").unwrap();
+    assert_eq!(file("billing-p-1.json").as_bytes(), &billing[..]);
+}
