@@ -21,8 +21,16 @@ fn port_near(preferred: u16) -> u16 {
     }
 }
 
+/// Where the demo's Envoy logs, relative to the repository: a stable place, so the
+/// demo can name the commands that read the audit trail in it.
+const LOG: &str = "target/demo/envoy.log";
+
+/// The dashboard `consentry report` draws from the log, relative to the repository.
+const REPORT: &str = "target/demo/report.html";
+
 fn main() -> Result<()> {
-    let policy = project_root().join("policies").join("example.json");
+    let root = project_root();
+    let policy = root.join("policies").join("example.json");
     let upstream = consentry_example_service::spawn(&format!("127.0.0.1:{}", port_near(8081)))
         .context("starting the example service")?;
     let envoy = Envoy::builder()
@@ -30,6 +38,7 @@ fn main() -> Result<()> {
         .plugin_config_file(&policy)
         .var("LISTEN_PORT", port_near(10000))
         .var("ADMIN_PORT", port_near(9901))
+        .log_file(root.join(LOG))
         .start()
         .context("starting Envoy")?;
     let base = envoy.base_url();
@@ -73,9 +82,22 @@ fn main() -> Result<()> {
     println!("  curl -s {base}/patients%2Fp-1");
     println!("  # the same record straight from the service, for comparison");
     println!("  curl -s {service}/patients/p-1");
-    println!("  # audit records, hash-chained, in Envoy's log; stats at the admin endpoint");
+    println!("  # the plugin's counters, at Envoy's admin endpoint");
     println!(
         "  curl -s 'http://127.0.0.1:{}/stats?filter=consentry'",
+        envoy.admin_port()
+    );
+    println!();
+    println!("The audit trail: each decision above is a hash-chained record in Envoy's log,");
+    println!("  {}", envoy.log_path().display());
+    println!(
+        "Verify the chain, then draw the dashboard of the decisions you caused (in {}):",
+        root.display()
+    );
+    println!("  cargo run -q -p consentry-host --bin consentry -- audit verify {LOG}");
+    println!(
+        "  cargo run -q -p consentry-host --bin consentry -- report {LOG} --stats <(curl -s \
+         http://127.0.0.1:{}/stats) -o {REPORT}",
         envoy.admin_port()
     );
     println!();
@@ -90,7 +112,7 @@ fn main() -> Result<()> {
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("\nstopping");
+    println!("\nstopping; Envoy's log stays in {LOG}");
     drop(envoy);
     drop(upstream);
     Ok(())
