@@ -289,3 +289,100 @@ fn location(serde_path: &str) -> String {
         p => format!("$.{p}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    /// 2026-11-27T12:00:00Z.
+    const NOW: u64 = 1_795_780_800;
+
+    fn claims(jwt: &str) -> Value {
+        let payload = jwt.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn load(text: &str) -> Result<(tempfile::TempDir, TestFile)> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("answer.json"), "{\"a\": 1.50}\n").unwrap();
+        let path = dir.path().join("t.test.yaml");
+        std::fs::write(&path, text).unwrap();
+        let file = TestFile::load(&path)?;
+        Ok((dir, file))
+    }
+
+    #[test]
+    fn a_case_becomes_an_exchange_with_its_files_tokens_and_lists() {
+        let (_dir, file) = load(
+            r#"
+policy: p.json
+now: 2026-11-27T12:00:00Z
+callouts:
+  c.example/list: {body: "{{status-list:gone}}"}
+  c.example/keys: {body: "{}"}
+status_lists:
+  gone: {list: "7", revoked: [0], issued_offset: -5}
+tokens:
+  old: {persona: insurer, issued_offset: -60, claims: {sub: p-9}}
+upstream: {body_file: answer.json}
+cases:
+  - name: one
+    request: {path: /x, headers: {authorization: "Bearer {{token:old}}"}}
+    callouts: {c.example/keys: null}
+    expect: {status: 200}
+"#,
+        )
+        .unwrap();
+        let x = file.prepare(&file.spec.cases[0]).unwrap();
+        // The file's text without its final newline, exactly.
+        assert_eq!(
+            x.upstream_response().unwrap().body_bytes(),
+            b"{\"a\": 1.50}"
+        );
+        let token = x.request.headers["authorization"].clone();
+        let crate::replay::HeaderValue::One(token) = token else {
+            panic!("one value")
+        };
+        let token = claims(token.strip_prefix("Bearer ").unwrap());
+        assert_eq!(token["iat"], NOW - 60);
+        assert_eq!(token["sub"], "p-9");
+        assert_eq!(token["client_id"], "insurer-acme");
+        // The case's null took the file's answer away.
+        let calls = x.callout_answers().unwrap();
+        assert_eq!(calls.keys().collect::<Vec<_>>(), ["c.example/list"]);
+        let list = String::from_utf8(calls["c.example/list"].0.body_bytes()).unwrap();
+        let list = claims(&list);
+        assert_eq!(list["iat"], NOW - 5);
+        assert!(list["sub"].as_str().unwrap().ends_with("/statuslists/7"));
+        assert_eq!(
+            x.time().unwrap(),
+            UNIX_EPOCH + std::time::Duration::from_secs(NOW)
+        );
+    }
+
+    #[test]
+    fn a_bad_file_is_refused_with_its_place() {
+        let case = "  - name: a\n    request: {path: /}\n    expect: {status: 200}\n";
+        let err = |text: &str| format!("{:#}", load(text).err().unwrap());
+        assert!(err(&format!("policy: p\ncases:\n{case}{case}")).contains("$.cases[1].name"));
+        assert!(err("policy: p\ncases: []\n").contains("$.cases: no cases"));
+        assert!(
+            err("policy: p\ncases:\n  - {name: a, request: {}, expect: {status: 200, absent: [x]}}\n")
+                .contains("$.cases[0].expect: 'x' must start with '$'")
+        );
+        assert!(
+            err("policy: p\ncases:\n  - {name: a, request: {}, expect: {status: 200}, now: 1}\n")
+                .contains("$.cases[0].now")
+        );
+        let (_dir, file) = load(
+            "policy: p\ncases:\n  - {name: a, request: {path: /, body: x, body_file: answer.json}, expect: {status: 200}}\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", file.prepare(&file.spec.cases[0]).unwrap_err());
+        assert!(e.contains("$.request: give only one of body"), "{e}");
+    }
+}
