@@ -168,13 +168,19 @@ fn lint(
     json: &str,
     env: &[(String, String)],
     examples: &[PathBuf],
-) -> Vec<consentry_host::lint::Warning> {
+) -> Result<Vec<consentry_host::lint::Warning>> {
+    if let Some(missing) = examples.iter().find(|p| !p.exists()) {
+        anyhow::bail!(
+            "--examples {}: no such file or directory",
+            missing.display()
+        );
+    }
     let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let (Ok(doc), Ok(compiled)) = (
         serde_json::from_str(json),
         consentry_core::config::Config::from_json(json.as_bytes(), &lookup),
     ) else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let beside = config.parent().unwrap_or(Path::new(".")).join("tests");
     let paths = if examples.is_empty() && beside.is_dir() {
@@ -183,7 +189,7 @@ fn lint(
         examples.to_vec()
     };
     let examples = consentry_host::lint::examples(config, &paths);
-    consentry_host::lint::warnings(&doc, &compiled, &examples)
+    Ok(consentry_host::lint::warnings(&doc, &compiled, &examples))
 }
 
 /// The VM's environment: `--env` pairs, or this process's CONSENTRY_* variables.
@@ -200,6 +206,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let env = vm_env(&cli.env)?;
     match cli.command {
         Command::Check { config, examples } => {
+            // A path that is not there is an error, not a silent lack of examples.
+            if let Some(missing) = examples.iter().find(|p| !p.exists()) {
+                anyhow::bail!(
+                    "--examples {}: no such file or directory",
+                    missing.display()
+                );
+            }
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("reading {}", config.display()))?;
             // A document that does not parse is a refused configuration (exit 1),
@@ -231,7 +244,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     {
                         println!("{mode}");
                     }
-                    for w in lint(&config, &json, &env, &examples) {
+                    for w in lint(&config, &json, &env, &examples)? {
                         println!("warning: {}: {}: {}", config.display(), w.location, w.text);
                     }
                     Ok(ExitCode::SUCCESS)

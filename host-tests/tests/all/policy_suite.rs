@@ -330,6 +330,11 @@ fn check_warns_of_what_is_legal_but_likely_wrong() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", shown(&out));
     assert_eq!(stdout(&out).lines().count(), 5, "{}", shown(&out));
+    // A path that is not there is an error, not a silent lack of examples.
+    let nowhere = elsewhere.path().join("nowhere");
+    let out = consentry(&["check", arg(&config), "--examples", arg(&nowhere)]);
+    assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+    assert!(shown(&out).contains("no such file"), "{}", shown(&out));
 }
 
 /// The suite's upstream answers are the example service's bytes, so its golden views
