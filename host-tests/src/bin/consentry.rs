@@ -23,7 +23,8 @@ struct Cli {
     wasm: Option<PathBuf>,
     /// An environment variable of the plugin's VM (Envoy's
     /// vm_config.environment_variables), e.g. the secrets a configuration names.
-    /// Repeatable. Without any, the CONSENTRY_* variables of this process are passed.
+    /// Repeatable. Without any, the CONSENTRY_* variables of this process are passed
+    /// (but to `test`: a test file sets its own, and these are set over them).
     #[arg(long = "env", global = true, value_name = "NAME=VALUE")]
     env: Vec<String>,
     #[command(subcommand)]
