@@ -166,6 +166,21 @@ pub fn run(files: &[PathBuf], plugin: &Arc<Plugin>, options: &Options) -> Vec<Fi
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
     });
+    // A worker that panicked took its results with it: those cases fail, never vanish.
+    for &(f, c) in &work {
+        if !done.iter().any(|(at, _, _)| *at == (f, c)) {
+            let name = ready[f]
+                .as_ref()
+                .and_then(|r| r.file.spec.cases.get(c))
+                .map_or_else(String::new, |case| case.name.clone());
+            let lost = failed(
+                name,
+                "the runner lost this case (a panic)".into(),
+                Instant::now(),
+            );
+            done.push(((f, c), lost, None));
+        }
+    }
     done.sort_by_key(|(at, _, _)| *at);
     // Golden files are written here, one at a time, once every case has read its own.
     for ((f, _), mut case, golden) in done {
