@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The demo: Envoy with the Consentry plugin in front of the example service, on
-# localhost, with curl lines to paste. Works from a fresh clone; stops on Ctrl-C.
+# localhost, with curl lines to paste, and the two commands that verify the audit trail
+# (Envoy's log, target/demo/envoy.log) and draw its dashboard. Works from a fresh clone;
+# stops on Ctrl-C.
 #
 #   ./envoy/demo.sh                  the hospital (policies/example.json)
 #   ./envoy/demo.sh --open-banking   open banking (policies/open-banking.json)

@@ -35,6 +35,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip1 -p consentry-core -p consentry-filter -p consentry-probe -p consentry-bench-wasm -p consentry-noop-filter -- -D warnings
 
+step "policy tests: the example policy's suite through the .wasm (JUnit report: target/policy-tests.xml)"
+cargo run -q -p consentry-host --bin consentry -- test policies/tests --junit target/policy-tests.xml
+
 step "tests: unit, harness (wasmtime) and end-to-end (Envoy)"
 cargo test --workspace --no-fail-fast
 

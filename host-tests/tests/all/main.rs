@@ -15,6 +15,7 @@ mod model;
 mod modes;
 mod open_banking;
 mod parity;
+mod policy_suite;
 mod report;
 mod report_hostile;
 mod support;

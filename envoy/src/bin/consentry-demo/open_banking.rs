@@ -3,28 +3,15 @@
 //! `policies/open-banking.json`, the open-banking personas' tokens (consent as RFC 9396
 //! `authorization_details`) and curl lines to paste.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use anyhow::Result;
 
-use anyhow::{Context as _, Result};
-use consentry_envoy::{Envoy, project_root};
-
-use super::{STOP, on_signal, port_near};
+use super::{print_audit_trail, start, wait_then_stop};
 
 /// The personas of `examples/personas.json` whose tokens are for the bank.
 const PERSONAS: [&str; 3] = ["tpp", "aggregator", "savings-app"];
 
 pub fn run() -> Result<()> {
-    let policy = project_root().join("policies").join("open-banking.json");
-    let upstream = consentry_example_service::spawn(&format!("127.0.0.1:{}", port_near(8081)))
-        .context("starting the example service")?;
-    let envoy = Envoy::builder()
-        .upstream_port(upstream.addr().port())
-        .plugin_config_file(&policy)
-        .var("LISTEN_PORT", port_near(10000))
-        .var("ADMIN_PORT", port_near(9901))
-        .start()
-        .context("starting Envoy")?;
+    let (upstream, envoy) = start("open-banking.json")?;
     let base = envoy.base_url();
     let service = upstream.base_url();
     let now = std::time::SystemTime::now();
@@ -69,19 +56,6 @@ pub fn run() -> Result<()> {
     println!("  # the same transactions straight from the bank, for comparison");
     println!("  curl -s {service}/accounts/acc-1001/transactions");
     println!();
-    println!("Press Ctrl-C to stop.");
-
-    // SAFETY: installing a handler that only stores to an atomic, which is
-    // async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    while !STOP.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    println!("\nstopping");
-    drop(envoy);
-    drop(upstream);
-    Ok(())
+    print_audit_trail(&envoy);
+    wait_then_stop(envoy, upstream)
 }

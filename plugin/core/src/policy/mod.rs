@@ -1149,23 +1149,45 @@ impl Policy {
 
     fn build_plan(&self, route: usize, rule: usize, released: DomainSet) -> Result<Plan, String> {
         let r = self.routes.get(route).ok_or("no such route")?;
-        let rule = r.rules.get(rule).ok_or("no such rule")?;
-        let mut entries = Vec::with_capacity(r.fields.len());
-        for f in &r.fields {
-            let in_clear = f.public
-                || (released & (1u64 << f.domain) != 0 && f.sensitivity <= rule.max_sensitivity);
-            let a = if in_clear {
-                FieldAction::Keep
-            } else {
-                rule.field_actions
-                    .get(&f.text)
-                    .or_else(|| rule.actions.get(&f.domain))
-                    .cloned()
-                    .unwrap_or_else(|| f.action.clone())
-            };
-            entries.push((f.path.clone(), a));
-        }
+        let entries = self
+            .field_actions(route, rule, released)?
+            .into_iter()
+            .map(|(f, a)| (f.path.clone(), a))
+            .collect();
         Plan::build(entries, r.unclassified).map_err(|e| e.to_string())
+    }
+
+    /// What each classified field of a route becomes under one of its rules when the
+    /// consent covers `released` (of the rule's `release`): `Keep` for a field
+    /// released in clear, else the first of the rule's action for the field's path,
+    /// the rule's action for its domain, the field's own action. The plan of a
+    /// decision is built from these; `consentry check` reads them too.
+    pub fn field_actions(
+        &self,
+        route: usize,
+        rule: usize,
+        released: DomainSet,
+    ) -> Result<Vec<(&Field, FieldAction)>, String> {
+        let r = self.routes.get(route).ok_or("no such route")?;
+        let rule = r.rules.get(rule).ok_or("no such rule")?;
+        Ok(r.fields
+            .iter()
+            .map(|f| {
+                let in_clear = f.public
+                    || (released & (1u64 << f.domain) != 0
+                        && f.sensitivity <= rule.max_sensitivity);
+                let a = if in_clear {
+                    FieldAction::Keep
+                } else {
+                    rule.field_actions
+                        .get(&f.text)
+                        .or_else(|| rule.actions.get(&f.domain))
+                        .cloned()
+                        .unwrap_or_else(|| f.action.clone())
+                };
+                (f, a)
+            })
+            .collect())
     }
 
     /// Decides one request.
