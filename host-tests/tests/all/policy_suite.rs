@@ -358,4 +358,25 @@ fn the_suites_upstream_answers_are_the_example_services_bytes() {
     }
     let billing = service.billing("p-1").unwrap();
     assert_eq!(file("billing-p-1.json").as_bytes(), &billing[..]);
+
+    // And the bank's, for the open-banking suite.
+    let bank = consentry_example_service::Bank::builtin().unwrap();
+    for path in [
+        "/accounts/acc-1001",
+        "/accounts/acc-1001/balances",
+        "/accounts/acc-1001/transactions",
+        "/accounts/acc-1002/balances",
+    ] {
+        let name = format!(
+            "{}.json",
+            path.trim_start_matches("/accounts/").replace('/', "-")
+        );
+        let text = consentry_host::policy_test::read_text_file(
+            &root()
+                .join("policies/tests/open-banking/upstream")
+                .join(&name),
+        )
+        .unwrap();
+        assert_eq!(text.as_bytes(), &bank.resource(path).unwrap()[..], "{path}");
+    }
 }
