@@ -43,8 +43,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
 /// The most a key set or status list may weigh.
 const MAX_CALL_BODY: usize = 8 << 20;
-/// `wasi:io` writes at most this much per `blocking-write-and-flush`.
-const WRITE_CHUNK: usize = 4096;
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -241,11 +239,29 @@ fn read_body(body: IncomingBody, limit: usize) -> Body {
 }
 
 fn write_all(body: &OutgoingBody, bytes: &[u8]) -> Result<(), ()> {
-    let stream: OutputStream = body.write()?;
-    for chunk in bytes.chunks(WRITE_CHUNK) {
-        stream.blocking_write_and_flush(chunk).map_err(|_| ())?;
+    if bytes.is_empty() {
+        // Nothing to send, and nothing to flush: a flush can find the exchange over
+        // already (the peer answered), which would fail a call that succeeded.
+        return Ok(());
     }
-    Ok(())
+    let stream: OutputStream = body.write()?;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // As much as the host accepts at once (`blocking-write-and-flush` takes at
+        // most 4 KiB per call, which costs a round trip per 4 KiB).
+        let permitted = stream.check_write().map_err(|_| ())?;
+        if permitted == 0 {
+            stream.subscribe().block();
+            continue;
+        }
+        let n = usize::try_from(permitted)
+            .unwrap_or(usize::MAX)
+            .min(rest.len());
+        let (now, later) = rest.split_at(n);
+        stream.write(now).map_err(|_| ())?;
+        rest = later;
+    }
+    stream.blocking_flush().map_err(|_| ())
 }
 
 fn fields(pairs: &Pairs) -> Fields {
