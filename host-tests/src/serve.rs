@@ -119,7 +119,9 @@ pub struct Options {
     /// Where the configuration's clusters (issuer keys, status lists, audit
     /// collector) are; the upstream when `None`.
     pub consent: Option<String>,
-    /// More of the component's environment (secrets); these win.
+    /// More of the component's environment: secrets, and a cluster's own URL
+    /// (`CONSENTRY_CLUSTER_<NAME>`, which wins over `consent`). The configuration and
+    /// the upstream always come from the fields above.
     pub env: Vec<(String, String)>,
     /// Threads serving requests.
     pub workers: usize,
@@ -135,19 +137,24 @@ pub fn component_env(options: &Options) -> Result<Vec<(String, String)>> {
         serde_json::from_str(&options.config_json).context("the configuration is not JSON")?;
     let mut clusters = Vec::new();
     collect_clusters(&config, &mut clusters);
-    let mut env = vec![
-        (CONFIG_VAR.to_owned(), options.config_json.clone()),
-        (UPSTREAM_VAR.to_owned(), options.upstream.clone()),
-    ];
+    // The given variables (secrets, a cluster's own URL), then the configuration and
+    // the upstream given here, which always win (a stale CONSENTRY_CONFIG in the
+    // shell must not replace the file named on the command line), then the consent
+    // service for every cluster the variables did not place.
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (k, v) in &options.env {
+        if k != CONFIG_VAR && k != UPSTREAM_VAR {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    env.push((CONFIG_VAR.to_owned(), options.config_json.clone()));
+    env.push((UPSTREAM_VAR.to_owned(), options.upstream.clone()));
     for c in clusters {
         let var = cluster_var(&c);
         if !env.iter().any(|(k, _)| *k == var) {
             env.push((var, consent.to_owned()));
         }
-    }
-    for (k, v) in &options.env {
-        env.retain(|(name, _)| name != k);
-        env.push((k.clone(), v.clone()));
     }
     Ok(env)
 }
@@ -456,5 +463,79 @@ async fn accept(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    fn options(env: &[(&str, &str)]) -> Options {
+        Options {
+            component: PathBuf::new(),
+            config_json: r#"{"issuers":[{"keys":{"remote":{"cluster":"consent_service"}},
+                "revocation":{"status_list":{"cluster":"lists"}}}]}"#
+                .into(),
+            upstream: "http://127.0.0.1:1".into(),
+            consent: Some("http://127.0.0.1:2".into()),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            workers: 1,
+            log: Log::Stderr,
+        }
+    }
+
+    fn get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        let mut values = env
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
+        let first = values.next();
+        assert!(values.next().is_none(), "{name} is set twice");
+        first
+    }
+
+    #[test]
+    fn every_cluster_goes_to_the_consent_service_unless_the_environment_places_it() {
+        let env = component_env(&options(&[
+            ("CONSENTRY_PSEUDONYM_KEYS", "k"),
+            ("CONSENTRY_CLUSTER_LISTS", "http://127.0.0.1:3"),
+        ]))
+        .unwrap();
+        assert_eq!(get(&env, "CONSENTRY_PSEUDONYM_KEYS"), Some("k"));
+        assert_eq!(
+            get(&env, "CONSENTRY_CLUSTER_CONSENT_SERVICE"),
+            Some("http://127.0.0.1:2")
+        );
+        assert_eq!(
+            get(&env, "CONSENTRY_CLUSTER_LISTS"),
+            Some("http://127.0.0.1:3")
+        );
+        assert_eq!(get(&env, UPSTREAM_VAR), Some("http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn the_configuration_and_upstream_given_win_over_stale_variables() {
+        let env = component_env(&options(&[
+            (CONFIG_VAR, "{}"),
+            (UPSTREAM_VAR, "http://127.0.0.1:9"),
+        ]))
+        .unwrap();
+        assert!(get(&env, CONFIG_VAR).unwrap().contains("consent_service"));
+        assert_eq!(get(&env, UPSTREAM_VAR), Some("http://127.0.0.1:1"));
+    }
+
+    #[test]
+    fn urls_that_are_not_origins_are_refused_before_anything_starts() {
+        let mut o = options(&[]);
+        o.upstream = "http://127.0.0.1:1/base".into();
+        assert!(component_env(&o).is_err());
+        let mut o = options(&[]);
+        o.consent = Some("127.0.0.1:2".into());
+        assert!(component_env(&o).is_err());
     }
 }
