@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod replay;
 pub mod report;
 pub mod scenario;
+pub mod serve;
 pub mod vm;
 pub mod world;
 

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use consentry_host::replay::{Exchange, config_as_json};
 use consentry_host::{
-    Plugin, Proxy, StartError, audit_log, plugin::default_wasm_path, policy_test, report,
+    Plugin, Proxy, StartError, audit_log, plugin::default_wasm_path, policy_test, report, serve,
 };
 
 #[derive(Parser)]
@@ -98,6 +98,30 @@ enum Command {
         /// The tag named in the layout's index.json.
         #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
         tag: String,
+    },
+    /// Serve the Consentry component (plugin/component, wasi:http) in front of an
+    /// upstream: every request is decided, forwarded and redacted as in Envoy.
+    /// Audit records go to stderr.
+    Serve {
+        /// The configuration (JSON or YAML).
+        config: PathBuf,
+        /// Where allowed requests go: http://host:port.
+        #[arg(long, value_name = "URL")]
+        upstream: String,
+        /// Where the configuration's clusters are (issuer keys, status lists);
+        /// the upstream when not given.
+        #[arg(long, value_name = "URL")]
+        consent: Option<String>,
+        /// The address to listen on (HTTP/1.1).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The component (default: the workspace's release build, or
+        /// $CONSENTRY_COMPONENT).
+        #[arg(long, value_name = "PATH")]
+        component: Option<PathBuf>,
+        /// Threads serving requests.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
     },
     /// Write a self-contained HTML dashboard from an audit log (and Envoy's /stats).
     Report {
@@ -343,6 +367,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", explanation.render());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            config,
+            upstream,
+            consent,
+            listen,
+            component,
+            workers,
+        } => {
+            let options = serve::Options {
+                component: component.unwrap_or_else(serve::default_component_path),
+                config_json: read_config(&config)?,
+                upstream,
+                consent,
+                env,
+                workers,
+                log: serve::Log::Stderr,
+            };
+            let server = serve::start(options, &listen)?;
+            // Scripts wait for this line.
+            println!("listening on {}", server.base_url());
+            std::io::Write::flush(&mut std::io::stdout())?;
+            server.wait()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Mint(args) => {
