@@ -8,32 +8,16 @@
 //! `casefold` crate), and additionally the Turkic capital dotted and small dotless i
 //! (U+0130, U+0131) fold to `i`: Java's `equalsIgnoreCase` and .NET's upper-casing
 //! take them for `i`, and a wider class only ever classifies more spellings.
-//! Full folding (`ß` → `ss`) is not applied: no consumer we know binds it. A
-//! character newer than the crate's table (Unicode 16) folds to its fold's
-//! lower case as std (Unicode 17) maps it.
+//! Full folding (`ß` → `ss`) is not applied: no consumer we know binds it. The
+//! table is Unicode 16's: the few case pairs Unicode 17 added (U+A7CE to U+A7D5 and
+//! the Beria Erfe script) do not fold yet (falling back to std's newer lower-case
+//! table for them would cost 12 KB of `.wasm`; no consumer's tables have them).
 
 /// The fold of one character.
 pub(crate) fn fold_char(c: char) -> char {
     match c {
         '\u{130}' | '\u{131}' => 'i',
-        c => match casefold::simple_fold_char(c) {
-            // Unchanged: either it has no fold, or it is newer than the crate's
-            // Unicode version and std (newer) knows its lower case.
-            f if f == c => match single(c.to_lowercase()) {
-                Some(lower) if lower != c => casefold::simple_fold_char(lower),
-                _ => c,
-            },
-            f => f,
-        },
-    }
-}
-
-/// The only character of a case mapping, if it maps to one.
-fn single(mapped: impl Iterator<Item = char>) -> Option<char> {
-    let mut chars = mapped.fuse();
-    match (chars.next(), chars.next()) {
-        (Some(c), None) => Some(c),
-        _ => None,
+        c => casefold::simple_fold_char(c),
     }
 }
 
@@ -76,6 +60,15 @@ mod tests {
         assert_eq!(fold("中"), "中");
     }
 
+    /// The only character of a case mapping, if it maps to one.
+    fn single(mapped: impl Iterator<Item = char>) -> Option<char> {
+        let mut chars = mapped.fuse();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Every character (the whole domain, so the table can neither panic nor miss):
     /// folding is idempotent, and two characters that a one-character upper- or
     /// lower-case mapping joins fold alike, so whatever a consumer takes for the same
@@ -89,7 +82,11 @@ mod tests {
                 .into_iter()
                 .flatten()
             {
-                assert_eq!(fold_char(mapped), f, "{c:?} and {mapped:?}");
+                // The crate's table is Unicode 16; std maps Unicode 17's new pairs.
+                let newer = |c: char| matches!(c as u32, 0xA7CE..=0xA7CF | 0xA7D2..=0xA7D5 | 0x16EA0..=0x16ED3);
+                if !newer(c) {
+                    assert_eq!(fold_char(mapped), f, "{c:?} and {mapped:?}");
+                }
             }
         }
     }
