@@ -16,6 +16,7 @@ mod modes;
 mod parity;
 mod report;
 mod report_hostile;
+mod spellings;
 mod support;
 mod tokens;
 mod views;
