@@ -200,6 +200,7 @@ impl Walker<'_, '_, '_, '_> {
             return Err(self.cur.invalid());
         };
         let (close, default, default_rule) = (top.close, top.default, top.default_rule);
+        let walking = top.walk;
         let state = plan.state(top.state);
         let item_start = self.cur.pos();
         self.cur.skip_ws();
@@ -257,7 +258,7 @@ impl Walker<'_, '_, '_, '_> {
                 return Ok(Next::Open);
             }
             if default == Unclassified::Keep {
-                if self.skip_released(kind, value_start, child, default_rule)? {
+                if self.skip_released(kind, value_start, child, default_rule, walking)? {
                     return Ok(Next::Open);
                 }
             } else {
@@ -300,7 +301,7 @@ impl Walker<'_, '_, '_, '_> {
             }
             FieldAction::Keep => {
                 self.report.actions.kept += 1;
-                if self.skip_released(kind, value_start, child, Some(rule))? {
+                if self.skip_released(kind, value_start, child, Some(rule), walking)? {
                     return Ok(Next::Open);
                 }
                 Ok(self.kept())
@@ -345,17 +346,18 @@ impl Walker<'_, '_, '_, '_> {
     /// Skips a value that is released as it is, unless a member name inside it has a
     /// control character: then the cursor goes back and the container is walked
     /// instead (released member by member, those names removed). True when it was
-    /// opened to be walked.
+    /// opened to be walked. Inside a walked container, containers are walked at once.
+    #[inline(always)]
     fn skip_released(
         &mut self,
         kind: Kind,
         value_start: usize,
         state: StateId,
         rule: Option<u32>,
+        walking: bool,
     ) -> Result<bool, RedactError> {
         let container = matches!(kind, Kind::Object | Kind::Array);
-        let walking = self.stack.last().is_some_and(|f| f.walk);
-        if !(container && walking) {
+        if !(walking && container) {
             let depth = self.stack.len();
             let control = self
                 .cur
@@ -365,8 +367,14 @@ impl Walker<'_, '_, '_, '_> {
             }
             self.cur.rewind(value_start);
         }
-        self.descend(kind, state, Unclassified::Keep, rule, None, true)?;
+        self.walk(kind, state, rule)?;
         Ok(true)
+    }
+
+    /// Opens a released container to walk it (see [`Walker::skip_released`]).
+    #[inline(never)]
+    fn walk(&mut self, kind: Kind, state: StateId, rule: Option<u32>) -> Result<(), RedactError> {
+        self.descend(kind, state, Unclassified::Keep, rule, None, true)
     }
 
     /// Opens a container whose members are classified. It stays in the output,

@@ -171,6 +171,7 @@ impl Names {
         self.entries.is_empty()
     }
 
+    #[inline]
     fn get(&self, key: &[u8]) -> Option<StateId> {
         let mask = self.index.len().wrapping_sub(1);
         let mut slot = key_hash(key) & mask;

@@ -165,6 +165,8 @@ impl<'a> Cursor<'a> {
     }
 
     /// Moves past one escape; true when it stands for a control character.
+    /// (Inlined into both scanners, as it was into the one before keys had theirs.)
+    #[inline(always)]
     fn escape(&mut self) -> Result<bool, RedactError> {
         let start = self.pos;
         match self.bytes.get(self.pos + 1) {
@@ -397,6 +399,7 @@ fn next_stop<const NON_ASCII: bool, const DEL: bool>(bytes: &[u8], from: usize) 
 
 /// The length of the well-formed UTF-8 sequence at the start of `bytes` (Unicode
 /// Table 3-7: no overlongs, no surrogates, nothing above U+10FFFF), if it is one.
+#[inline(always)]
 fn utf8_len(bytes: &[u8]) -> Option<usize> {
     let cont = |i: usize, lo: u8, hi: u8| bytes.get(i).is_some_and(|b| (lo..=hi).contains(b));
     let tail = |from: usize, to: usize| (from..to).all(|i| cont(i, 0x80, 0xBF));
