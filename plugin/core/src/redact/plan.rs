@@ -826,6 +826,35 @@ mod tests {
     }
 
     #[test]
+    fn any_depth_loops_stay_small_and_their_explosion_is_bounded() {
+        // One loop for many names: a state per name, plus the root and the loop.
+        let rules: Vec<_> = (0..200)
+            .map(|i| {
+                let path = FieldPath(vec![PathStep::Descendant(format!("n{i}"))]);
+                (path, FieldAction::Remove)
+            })
+            .collect();
+        let p = Plan::build(rules, Unclassified::Keep).unwrap();
+        assert!(p.states.len() <= 203, "{}", p.states.len());
+        assert_eq!(p.state(walk(&p, &["x", "[]", "n7"])).rule, Some(7));
+        assert_eq!(p.state(walk(&p, &["n7", "n7"])).rule, Some(7));
+        // Chains of loops over overlapping names: subsets of positions, capped.
+        let names = ["a", "b", "a", "b", "a", "b", "a", "b", "a", "b", "a", "b"];
+        let mut rules = Vec::new();
+        for skip in 0..names.len() {
+            let steps = names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, n)| PathStep::DescendantAnyCase((*n).to_owned()))
+                .collect();
+            rules.push((FieldPath(steps), FieldAction::Keep));
+        }
+        let built = Plan::build(rules, Unclassified::Remove);
+        assert!(matches!(built, Ok(_) | Err(PlanError::TooComplex)));
+    }
+
+    #[test]
     fn wildcard_explosion_is_bounded() {
         // 2^k subsets of k overlapping wildcard/literal paths.
         let mut rules = Vec::new();
