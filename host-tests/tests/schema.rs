@@ -364,6 +364,28 @@ fn broken() -> Vec<Case> {
             "$.routes[0].response.unclassified",
         )
         .set("/routes/0/response/unclassified", json!("drop")),
+        case("an unknown matching mode", "$.routes[0].response.match")
+            .set("/routes/0/response/match", json!("ignore_case")),
+        case(
+            "an unknown control-character treatment",
+            "$.routes[0].response.control_keys",
+        )
+        .set("/routes/0/response/control_keys", json!("drop")),
+        case(
+            "an unknown field matching mode",
+            "$.routes[0].response.fields[3].match",
+        )
+        .set("/routes/0/response/fields/3/match", json!("CaseInsensitive")),
+        case(
+            "an any-depth step without a name",
+            "$.routes[0].response.fields[3].path",
+        )
+        .set("/routes/0/response/fields/3/path", json!("$..*")),
+        case(
+            "a control character in a field name",
+            "$.routes[0].response.fields[3].path",
+        )
+        .set("/routes/0/response/fields/3/path", json!("$[\"a\u{1}\"]")),
         case(
             "an upper-case response header",
             "$.routes[0].response.headers[0]",
@@ -1015,6 +1037,8 @@ fn valid() -> Vec<(String, Value)> {
             "response": {
                 "content_types": ["application/json", "application/fhir+json"],
                 "unclassified": "keep",
+                "match": "case_insensitive",
+                "control_keys": "withhold",
                 "mask_client_errors": true,
                 "headers": ["etag"],
                 "fields": [
@@ -1022,7 +1046,9 @@ fn valid() -> Vec<(String, Value)> {
                     {"path": "$.subject", "domain": "identity", "sensitivity": "low"},
                     {"path": "$.results[*].value", "domain": "clinical", "sensitivity": "special",
                      "action": {"generalise": {"bucket": 5}}},
-                    {"path": "$[\"lab notes\"].*", "domain": "clinical", "public": false}
+                    {"path": "$[\"lab notes\"].*", "domain": "clinical", "public": false},
+                    {"path": "$..national_id", "domain": "identity", "match": "exact"},
+                    {"path": "$..[\"ſsn\"].digits", "domain": "identity"}
                 ]
             },
             "request": {
@@ -1117,6 +1143,11 @@ fn the_schema_states_the_plugins_defaults() {
     assert_eq!(d["field"]["properties"]["sensitivity"]["default"], "medium");
     assert_eq!(
         d["response"]["properties"]["unclassified"]["default"],
+        "remove"
+    );
+    assert_eq!(d["response"]["properties"]["match"]["default"], "exact");
+    assert_eq!(
+        d["response"]["properties"]["control_keys"]["default"],
         "remove"
     );
     assert_eq!(d["action"]["default"], "remove");

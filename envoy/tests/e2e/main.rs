@@ -31,6 +31,8 @@
 //!   breaks off or cannot be reached) reach the client masked, without upstream bytes.
 //! - `hygiene`: which headers reach the client and the upstream; method overrides and
 //!   protocol upgrades refused.
+//! - `spellings`: any-depth and case-insensitive field paths classify a member in every
+//!   spelling and at every depth; a name with U+0000 is removed or withholds the answer.
 //!
 //! Needs `./envoy/install.sh` (or ENVOY_BIN) and the plugin's release build
 //! (`cargo build -p consentry-filter --target wasm32-wasip1 --release`); without them
@@ -54,6 +56,7 @@ mod protocols;
 mod proxy_replies;
 mod revocation;
 mod rotation;
+mod spellings;
 mod stats;
 mod support;
 mod tls;

@@ -18,6 +18,7 @@ mod parity;
 mod policy_suite;
 mod report;
 mod report_hostile;
+mod spellings;
 mod support;
 mod tokens;
 mod views;
