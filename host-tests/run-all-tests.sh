@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project, from a fresh clone: builds the plugin's .wasm,
-# installs what the tests need (the wasm target, a pinned Envoy, wrk), then checks
-# formatting and lints, and runs the unit, harness and Envoy suites and every fuzz target
-# briefly.
+# installs what the tests need (the wasm targets, cargo-component, a pinned Envoy, wrk,
+# wasmtime-py for the component's Python example), then checks formatting and lints,
+# and runs the unit, harness, component and Envoy suites, the policy test suites, and
+# every fuzz target briefly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,16 @@ rustup target add wasm32-wasip1
 step "build the plugin (.wasm) and the host-fidelity probe"
 cargo build --release --target wasm32-wasip1 -p consentry-filter -p consentry-probe
 ls -l target/wasm32-wasip1/release/consentry_filter.wasm
+
+step "the component (cargo-component 0.21.1, wasm32-wasip2)"
+# cargo-component is installed once into target/tools; nothing outside the repository.
+rustup target add wasm32-wasip2
+export PATH="$PWD/target/tools/bin:$PATH"
+if ! cargo component --version 2>/dev/null | grep -qE ' 0\.21\.1$'; then
+    cargo install --locked --root target/tools cargo-component --version 0.21.1
+fi
+(cd plugin/component && cargo component build --release --target wasm32-wasip2)
+ls -l target/wasm32-wasip2/release/consentry_component.wasm
 
 step "system packages the tests use (Chromium for the dashboard check)"
 if ! command -v chromium >/dev/null; then
@@ -34,6 +45,10 @@ step "formatting and lints (native and wasm32)"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --target wasm32-wasip1 -p consentry-core -p consentry-filter -p consentry-probe -p consentry-bench-wasm -p consentry-noop-filter -- -D warnings
+cargo clippy --target wasm32-wasip2 -p consentry-component -- -D warnings
+
+step "policy tests: the example policy's suite through the .wasm (JUnit report: target/policy-tests.xml)"
+cargo run -q -p consentry-host --bin consentry -- test policies/tests --junit target/policy-tests.xml
 
 step "tests: unit, harness (wasmtime) and end-to-end (Envoy)"
 cargo test --workspace --no-fail-fast

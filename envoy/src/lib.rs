@@ -220,6 +220,7 @@ pub struct EnvoyBuilder {
     log_level: String,
     startup_timeout: Duration,
     extra_args: Vec<String>,
+    log_file: Option<PathBuf>,
 }
 
 /// The plugin configuration: given as text, or read from a file at start.
@@ -244,6 +245,7 @@ impl Envoy {
             log_level: "info".to_owned(),
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             extra_args: Vec::new(),
+            log_file: None,
         }
     }
 }
@@ -318,6 +320,14 @@ impl EnvoyBuilder {
     /// How long to wait for Envoy to become ready (30 s by default).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
+        self
+    }
+
+    /// Envoy's log (with the plugin's audit trail) goes to this file, created or
+    /// emptied at start and kept after Envoy stops, rather than to the temporary
+    /// directory (the demo's log, for `consentry audit verify` and `report`).
+    pub fn log_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.log_file = Some(path.as_ref().to_path_buf());
         self
     }
 
@@ -509,8 +519,18 @@ impl EnvoyBuilder {
             .context("creating a temporary directory for Envoy")?;
         let config_path = dir.path().join("envoy.yaml");
         fs::write(&config_path, &config_text)?;
-        let log_path = dir.path().join("envoy.log");
-        let log = File::create(&log_path)?;
+        let log_path = match &self.log_file {
+            Some(path) => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                path.clone()
+            }
+            None => dir.path().join("envoy.log"),
+        };
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
 
         let mut command = Command::new(&envoy);
         command
@@ -621,7 +641,8 @@ impl RunningEnvoy {
         &self.config_text
     }
 
-    /// The temporary directory holding the configuration and the log.
+    /// The temporary directory holding the configuration and the log (unless
+    /// [`EnvoyBuilder::log_file`] put the log elsewhere).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -658,6 +679,11 @@ impl RunningEnvoy {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The file Envoy logs to (see [`EnvoyBuilder::log_file`]).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
     }
 
     /// Everything Envoy has logged so far (its standard output and error).

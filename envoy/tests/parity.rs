@@ -1,7 +1,10 @@
 //! The parity suite on the Envoy side: every scenario in `host-tests/scenarios`, run
 //! through the real `.wasm` in a real Envoy in front of an upstream that answers what
-//! the scenario says. Each must meet its expectation here, and Envoy and the harness
-//! must agree on status, the headers that matter, and the body.
+//! the scenario says, on both kinds of host: with `allow_on_headers_stop_iteration`
+//! in `hold` mode (`consentry.yaml`), and without it in `late_commit` mode
+//! (`consentry-noflag.yaml`, what Istio and Envoy Gateway amount to). Each must meet
+//! its expectation here, and Envoy and the harness must agree on status, the headers
+//! that matter, and the body (or both see the stream fail).
 //!
 //! Needs `./envoy/install.sh` (or ENVOY_BIN) and the plugin's release build; without
 //! them the test fails with the command to run. It never skips.
@@ -16,7 +19,7 @@ use std::collections::BTreeMap;
 use consentry_envoy::scripted::{Reply, ScriptedUpstream};
 use consentry_envoy::{Envoy, send};
 use consentry_host::plugin::workspace_root;
-use consentry_host::scenario::{Observed, Scenario, differences, scenario_dir};
+use consentry_host::scenario::{HostMode, Observed, Scenario, differences, scenario_dir};
 use consentry_host::{Plugin, Response};
 
 fn reply_of(r: &Response) -> Reply {
@@ -46,16 +49,42 @@ fn every_scenario_behaves_the_same_in_envoy_and_in_the_harness() {
     let mut failures = Vec::new();
     // The consent service (keys, status lists) is the example service.
     let consent = consentry_example_service::spawn("127.0.0.1:0").unwrap();
-    for (config, group) in by_config {
+    for mode in HostMode::ALL {
+        for (config, group) in &by_config {
+            let found = run_group(mode, config, group, &plugin, &root, consent.addr().port());
+            failures.extend(found);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The scenarios of one configuration on one kind of host, in one Envoy.
+fn run_group(
+    mode: HostMode,
+    config: &str,
+    group: &[&Scenario],
+    plugin: &std::sync::Arc<Plugin>,
+    root: &std::path::Path,
+    consent_port: u16,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    {
         let upstream = ScriptedUpstream::start().unwrap();
-        let json = group[0].config_json(&root).unwrap();
+        let json = group[0].config_json_as(root, mode).unwrap();
+        let template = if mode.flag() {
+            "consentry.yaml"
+        } else {
+            "consentry-noflag.yaml"
+        };
         let envoy = Envoy::builder()
+            .template(template)
             .upstream_port(upstream.port())
-            .var("CONSENT_PORT", consent.addr().port())
+            .var("CONSENT_PORT", consent_port)
             .plugin_config_json(&json)
             .start()
-            .unwrap_or_else(|e| panic!("{config}: {e:#}"));
+            .unwrap_or_else(|e| panic!("{config} ({}): {e:#}", mode.name()));
         for s in group {
+            let label = format!("{} ({})", s.name, mode.name());
             let exchange = s.exchange(std::time::SystemTime::now()).unwrap();
             let request = exchange.client_request().unwrap();
             let response = exchange.upstream_response().unwrap();
@@ -72,14 +101,27 @@ fn every_scenario_behaves_the_same_in_envoy_and_in_the_harness() {
                 .collect();
             let body = request.chunks.concat();
             let url = format!("{}{}", envoy.base_url(), request.path);
-            let got = send(
+            let sent = send(
                 &request.method,
                 &url,
                 &header_refs,
                 (!body.is_empty()).then_some(body.as_slice()),
-            )
-            .unwrap_or_else(|e| panic!("{}: {e:#}", s.name));
+            );
             let received = upstream.received();
+            // A stream that failed (late commit's reset) is a failed response to the
+            // client: it has no status or body to compare.
+            let (got, reset) = match sent {
+                Ok(got) => (got, false),
+                Err(e) if mode == HostMode::LateCommit => {
+                    let failed = consentry_envoy::HttpResponse {
+                        status: 0,
+                        headers: Vec::new(),
+                        body: format!("{e:#}").into_bytes(),
+                    };
+                    (failed, true)
+                }
+                Err(e) => panic!("{label}: {e:#}"),
+            };
             let in_envoy = Observed {
                 status: got.status,
                 headers: got
@@ -96,21 +138,24 @@ fn every_scenario_behaves_the_same_in_envoy_and_in_the_harness() {
                 }),
                 upstream_path: received.first().map(|r| r.path.clone()),
                 upstream_body: received.first().map(|r| r.body.clone()),
+                reset,
             };
-            for f in s.check(&in_envoy) {
-                failures.push(format!("{} (Envoy): {f}", s.name));
+            for f in s.check_as(mode, &in_envoy) {
+                failures.push(format!("{label} (Envoy): {f}"));
             }
-            let in_harness = Observed::from(&s.run_in_harness(plugin.clone(), &root).unwrap());
+            let outcome = s.run_in_harness_as(plugin.clone(), root, mode).unwrap();
+            let in_harness = Observed::from(&outcome);
             for d in differences("Envoy", &in_envoy, "harness", &in_harness) {
-                failures.push(format!("{}: {d}", s.name));
+                failures.push(format!("{label}: {d}"));
             }
         }
         let log = envoy.log();
         assert!(
             !log.contains("wasm trap") && !log.contains("panicked"),
-            "{config}: the plugin crashed in Envoy:\n{}",
+            "{config} ({}): the plugin crashed in Envoy:\n{}",
+            mode.name(),
             consentry_envoy::tail(&log, 40)
         );
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    failures
 }

@@ -21,15 +21,18 @@ pub mod audit_log;
 pub mod explain;
 pub mod fidelity;
 pub mod fixtures;
+pub mod lint;
 pub mod message;
 pub mod mint;
 pub mod oci;
 pub mod plugin;
+pub mod policy_test;
 pub mod properties;
 pub mod proxy;
 pub mod replay;
 pub mod report;
 pub mod scenario;
+pub mod serve;
 pub mod vm;
 pub mod world;
 

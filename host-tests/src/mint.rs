@@ -299,14 +299,36 @@ mod tests {
         v.iter().map(String::as_str).collect()
     }
 
+    /// The hospital's personas: consent as plain claims, for the personas file's audience.
+    const HOSPITAL: [&str; 5] = ["guardian", "insurer", "patient", "research-lab", "stranger"];
+
+    /// The open-banking personas: consent as RFC 9396 `authorization_details`, for the
+    /// bank's audience.
+    const BANK: [&str; 3] = ["aggregator", "savings-app", "tpp"];
+
+    /// The example issuer as `policies/open-banking.json` declares it.
+    fn bank_verifier() -> Verifier {
+        let entry = json!({
+            "issuer": ISSUER,
+            "algorithms": ["ES256"],
+            "audiences": ["https://api.bank.example"],
+            "keys": {"inline": serde_json::from_str::<Value>(DEV_JWKS).unwrap()},
+            "consent": {"format": "authorization_details", "types": ["account_information"]},
+            "revocation": {"status_list": {
+                "cluster": "consent_service",
+                "uri_prefix": STATUS_LIST_PREFIX
+            }}
+        });
+        Verifier::new(compile_issuers(&json!([entry]), "$.issuers").unwrap())
+    }
+
     #[test]
     fn every_persona_mints_a_token_the_plugin_accepts() {
         let personas = Personas::builtin().unwrap();
-        assert_eq!(
-            personas.personas.keys().collect::<Vec<_>>(),
-            ["guardian", "insurer", "patient", "research-lab", "stranger"]
-        );
-        for name in personas.personas.keys() {
+        let mut names: Vec<&str> = HOSPITAL.iter().chain(&BANK).copied().collect();
+        names.sort_unstable();
+        assert_eq!(personas.personas.keys().collect::<Vec<_>>(), names);
+        for name in HOSPITAL {
             let c = verify(&persona_token(name, at(NOW)).unwrap());
             assert_eq!(c.issuer, ISSUER, "{name}");
             assert_eq!(c.issued_at, Some(NOW));
@@ -358,6 +380,58 @@ mod tests {
         assert_eq!(strs(&c.purposes), ["marketing"]);
         assert_eq!(strs(&c.domains), ["contact"]);
         assert_eq!(c.status.unwrap().idx, 4);
+    }
+
+    #[test]
+    fn the_open_banking_personas_consent_through_authorization_details() {
+        let v = bank_verifier();
+        let consent = |name: &str| {
+            v.verify(persona_token(name, at(NOW)).unwrap().as_bytes(), NOW + 5)
+                .unwrap()
+        };
+        let accounts = |c: &Consent| -> Vec<Value> {
+            c.claims["authorization_details"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["accounts"].clone())
+                .collect()
+        };
+        for (i, name) in BANK.iter().enumerate() {
+            let c = consent(name);
+            assert_eq!(c.subject, "psu-1", "{name}");
+            assert_eq!(c.expires_at, NOW + DEFAULT_TTL_SECONDS);
+            assert!(c.consent_id.starts_with("consent-"), "{name}");
+            assert_eq!(c.status.unwrap().idx, 5 + [1, 2, 0][i], "{name}");
+            // A bank consent is no use at the hospital: another audience.
+            let token = persona_token(name, at(NOW)).unwrap();
+            assert_eq!(
+                verifier().verify(token.as_bytes(), NOW + 5),
+                Err(TokenError::AudienceMismatch),
+                "{name}"
+            );
+        }
+
+        let c = consent("tpp");
+        assert_eq!(c.grantee.as_deref(), Some("tpp-pennywise"));
+        assert_eq!(strs(&c.purposes), ["account_information"]);
+        assert_eq!(strs(&c.domains), ["account", "balances", "transactions"]);
+        assert_eq!(accounts(&c), [json!(["acc-1001"])]);
+
+        let c = consent("aggregator");
+        assert_eq!(c.grantee.as_deref(), Some("agg-ledgerline"));
+        assert_eq!(strs(&c.purposes), ["affordability"]);
+        // The unions lose which action goes with which account; the entries keep it.
+        assert_eq!(
+            strs(&c.actions),
+            ["read_accounts", "read_transactions", "read_balances"]
+        );
+        assert_eq!(c.authorization_details.len(), 2);
+        assert_eq!(accounts(&c), [json!(["acc-1001"]), json!(["acc-1002"])]);
+
+        let c = consent("savings-app");
+        assert_eq!(c.grantee.as_deref(), Some("tpp-stashbox"));
+        assert_eq!(accounts(&c), [json!(["acc-1002"])]);
     }
 
     #[test]

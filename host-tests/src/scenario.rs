@@ -1,7 +1,8 @@
 //! The parity suite's scenarios: REQUEST files with the configuration they run
 //! under and what the client must observe. The same files run through the
-//! harness and through a real Envoy; both must meet the expectation and agree
-//! with each other on status, the headers that matter, and the body.
+//! harness and through a real Envoy, on both kinds of host ([`HostMode`]); both
+//! hosts must meet the expectation and agree with each other on status, the
+//! headers that matter, and the body.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,43 @@ pub struct Expect {
     pub json_prefix: BTreeMap<String, String>,
 }
 
+/// What changes on a host that cannot hold response headers (`late_commit`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LateCommitExpect {
+    /// The answer is found unsafe only in its body, after its headers left: the
+    /// client sees the stream reset, never a complete answer, and none of the body.
+    #[serde(default)]
+    pub reset: bool,
+}
+
+/// The kind of host a scenario runs on, and the response mode it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostMode {
+    /// `allow_on_headers_stop_iteration: true` and `response_mode: hold`: the
+    /// configurations shipped for Envoy.
+    Hold,
+    /// No flag (Istio's `WasmPlugin`, Envoy Gateway) and `response_mode:
+    /// late_commit`.
+    LateCommit,
+}
+
+impl HostMode {
+    pub const ALL: [HostMode; 2] = [HostMode::Hold, HostMode::LateCommit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HostMode::Hold => "hold",
+            HostMode::LateCommit => "late_commit",
+        }
+    }
+
+    /// Whether the host lets the plugin pause response headers.
+    pub fn flag(self) -> bool {
+        self == HostMode::Hold
+    }
+}
+
 /// One scenario file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +110,11 @@ pub struct ScenarioFile {
     #[serde(default)]
     pub upstream: Option<Value>,
     pub expect: Expect,
+    /// What differs in `late_commit` on a host without the flag; otherwise the
+    /// same expectation holds there, but for `content-length` and body digests
+    /// (`etag`...), which headers carry only when they wait for the redacted body.
+    #[serde(default)]
+    pub late_commit: LateCommitExpect,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +134,9 @@ pub struct Observed {
     /// The path and body the upstream received, if it was called.
     pub upstream_path: Option<String>,
     pub upstream_body: Option<Vec<u8>>,
+    /// The client saw the stream fail (a reset, a connection closed inside the body)
+    /// rather than a complete answer.
+    pub reset: bool,
 }
 
 /// Headers whose values both hosts must agree on when either sends them.
@@ -139,11 +185,24 @@ impl Scenario {
         plugin: std::sync::Arc<crate::Plugin>,
         root: &Path,
     ) -> Result<crate::Outcome> {
+        self.run_in_harness_as(plugin, root, HostMode::Hold)
+    }
+
+    /// Runs the scenario in the harness as a host of this kind.
+    pub fn run_in_harness_as(
+        &self,
+        plugin: std::sync::Arc<crate::Plugin>,
+        root: &Path,
+        mode: HostMode,
+    ) -> Result<crate::Outcome> {
         let now = std::time::SystemTime::now();
         let exchange = self.exchange(now)?;
-        let config = self.config_json(root)?;
+        let config = self.config_json_as(root, mode)?;
         let service = crate::fixtures::ConsentService::new();
-        let mut builder = crate::Proxy::builder(plugin).config(config).now(now);
+        let mut builder = crate::Proxy::builder(plugin)
+            .config(config)
+            .now(now)
+            .allow_on_headers_stop_iteration(mode.flag());
         for (k, v) in crate::fixtures::dev_env() {
             builder = builder.env(&k, &v);
         }
@@ -167,10 +226,80 @@ impl Scenario {
 
     /// The configuration as the JSON text the plugin reads.
     pub fn config_json(&self, root: &Path) -> Result<String> {
+        self.config_json_as(root, HostMode::Hold)
+    }
+
+    /// The configuration in the response mode this kind of host needs.
+    pub fn config_json_as(&self, root: &Path, mode: HostMode) -> Result<String> {
         let path = root.join(&self.file.config);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        config_as_json(&self.file.config, &text)
+        let json = config_as_json(&self.file.config, &text)?;
+        let mut value: Value = serde_json::from_str(&json)?;
+        value["response_mode"] = Value::String(mode.name().into());
+        Ok(value.to_string())
+    }
+
+    /// Checks an observation made on a host of this kind.
+    pub fn check_as(&self, mode: HostMode, seen: &Observed) -> Vec<String> {
+        match mode {
+            HostMode::Hold => {
+                let mut fails = self.check(seen);
+                if seen.reset {
+                    fails.push("the client saw the stream fail".into());
+                }
+                fails
+            }
+            HostMode::LateCommit if self.file.late_commit.reset => {
+                let mut fails = Vec::new();
+                if !seen.reset {
+                    fails.push(format!(
+                        "late_commit: the client got a complete answer (status {}), \
+                         not a reset",
+                        seen.status
+                    ));
+                }
+                if let Some(upstream) = self.upstream_body_text() {
+                    let received = String::from_utf8_lossy(&seen.body);
+                    if received.len() >= 8 && upstream.contains(received.as_ref()) {
+                        fails.push("late_commit: upstream bytes reached the client".into());
+                    }
+                }
+                fails
+            }
+            HostMode::LateCommit => {
+                // Headers that go before the body is redacted carry no length and no
+                // digest of a body they cannot know.
+                let mut late = self.clone();
+                let expect = &mut late.file.expect;
+                expect.headers.remove("content-length");
+                for digest in [
+                    "etag",
+                    "digest",
+                    "content-digest",
+                    "repr-digest",
+                    "content-md5",
+                ] {
+                    if expect.headers.remove(digest).is_some() {
+                        expect.absent_headers.push(digest.into());
+                    }
+                }
+                let mut fails = late.check(seen);
+                if seen.reset {
+                    fails.push("late_commit: the client saw the stream fail".into());
+                }
+                fails
+            }
+        }
+    }
+
+    /// The upstream's body as text, when the scenario gives it as a string.
+    fn upstream_body_text(&self) -> Option<String> {
+        let body = self.file.upstream.as_ref()?.get("body")?;
+        Some(match body {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
     }
 
     /// Checks an observation against the expectation; returns the failures.
@@ -323,6 +452,16 @@ pub fn normalised_body(body: &[u8]) -> Vec<u8> {
 /// Where two hosts disagree, in words.
 pub fn differences(a_name: &str, a: &Observed, b_name: &str, b: &Observed) -> Vec<String> {
     let mut diffs = Vec::new();
+    if a.reset || b.reset {
+        // A failed stream has no answer to compare: both hosts must have failed it.
+        if a.reset != b.reset {
+            diffs.push(format!(
+                "stream failed: {a_name} {} vs {b_name} {}",
+                a.reset, b.reset
+            ));
+        }
+        return diffs;
+    }
     if a.status != b.status {
         diffs.push(format!(
             "status: {a_name} {} vs {b_name} {}",
@@ -369,6 +508,10 @@ impl From<&crate::proxy::Outcome> for Observed {
             upstream_headers: o.upstream_request.as_ref().map(|u| u.headers.clone()),
             upstream_path: o.upstream_request.as_ref().map(|u| u.path.clone()),
             upstream_body: o.upstream_request.as_ref().map(|u| u.body.clone()),
+            reset: matches!(
+                o.client.fault,
+                Some(crate::message::ClientFault::Reset { .. })
+            ),
         }
     }
 }

@@ -4,8 +4,8 @@
 //! document below must be refused by both, and at the same JSON location: the schema
 //! reports an error there (or inside it, where the plugin names the enclosing object of
 //! a check over several members), and one of the plugin's refusal lines starts with it.
-//! Every valid variation must pass both. Both examples (`example.json`, `example.yaml`)
-//! must validate and be the same document.
+//! Every valid variation must pass both. The shipped policies (`example` and
+//! `open-banking`, each in JSON and YAML) must validate and each pair be one document.
 //!
 //! Needs the plugin's release build:
 //! `cargo build -p consentry-filter --target wasm32-wasip1 --release`.
@@ -364,6 +364,28 @@ fn broken() -> Vec<Case> {
             "$.routes[0].response.unclassified",
         )
         .set("/routes/0/response/unclassified", json!("drop")),
+        case("an unknown matching mode", "$.routes[0].response.match")
+            .set("/routes/0/response/match", json!("ignore_case")),
+        case(
+            "an unknown control-character treatment",
+            "$.routes[0].response.control_keys",
+        )
+        .set("/routes/0/response/control_keys", json!("drop")),
+        case(
+            "an unknown field matching mode",
+            "$.routes[0].response.fields[3].match",
+        )
+        .set("/routes/0/response/fields/3/match", json!("CaseInsensitive")),
+        case(
+            "an any-depth step without a name",
+            "$.routes[0].response.fields[3].path",
+        )
+        .set("/routes/0/response/fields/3/path", json!("$..*")),
+        case(
+            "a control character in a field name",
+            "$.routes[0].response.fields[3].path",
+        )
+        .set("/routes/0/response/fields/3/path", json!("$[\"a\u{1}\"]")),
         case(
             "an upper-case response header",
             "$.routes[0].response.headers[0]",
@@ -709,28 +731,33 @@ fn undescribed(node: &Value, at: &str, out: &mut Vec<String>) {
 }
 
 #[test]
-fn the_example_validates_in_json_and_in_yaml_and_both_are_one_document() {
-    let json_doc = example();
-    let errors: Vec<String> = validator()
-        .iter_errors(&json_doc)
-        .map(|e| format!("{}: {e}", dollar(e.instance_path())))
-        .collect();
-    assert!(errors.is_empty(), "example.json: {errors:#?}");
+fn the_shipped_policies_validate_in_json_and_in_yaml_and_each_pair_is_one_document() {
+    for name in ["example", "open-banking"] {
+        let json_doc: Value =
+            serde_json::from_str(&repo_text(&format!("policies/{name}.json"))).unwrap();
+        let errors: Vec<String> = validator()
+            .iter_errors(&json_doc)
+            .map(|e| format!("{}: {e}", dollar(e.instance_path())))
+            .collect();
+        assert!(errors.is_empty(), "{name}.json: {errors:#?}");
 
-    let yaml = config_as_json("example.yaml", &repo_text("policies/example.yaml")).unwrap();
-    let yaml_doc: Value = serde_json::from_str(&yaml).unwrap();
-    let errors: Vec<String> = validator()
-        .iter_errors(&yaml_doc)
-        .map(|e| format!("{}: {e}", dollar(e.instance_path())))
-        .collect();
-    assert!(errors.is_empty(), "example.yaml: {errors:#?}");
-    assert_eq!(
-        yaml_doc, json_doc,
-        "example.yaml and example.json must be the same document"
-    );
+        let yaml_name = format!("{name}.yaml");
+        let yaml =
+            config_as_json(&yaml_name, &repo_text(&format!("policies/{yaml_name}"))).unwrap();
+        let yaml_doc: Value = serde_json::from_str(&yaml).unwrap();
+        let errors: Vec<String> = validator()
+            .iter_errors(&yaml_doc)
+            .map(|e| format!("{}: {e}", dollar(e.instance_path())))
+            .collect();
+        assert!(errors.is_empty(), "{yaml_name}: {errors:#?}");
+        assert_eq!(
+            yaml_doc, json_doc,
+            "{yaml_name} and {name}.json must be the same document"
+        );
 
-    assert_eq!(plugin_verdict(&json_doc), Ok(()), "example.json");
-    assert_eq!(plugin_verdict(&yaml_doc), Ok(()), "example.yaml");
+        assert_eq!(plugin_verdict(&json_doc), Ok(()), "{name}.json");
+        assert_eq!(plugin_verdict(&yaml_doc), Ok(()), "{yaml_name}");
+    }
 }
 
 #[test]
@@ -1010,6 +1037,8 @@ fn valid() -> Vec<(String, Value)> {
             "response": {
                 "content_types": ["application/json", "application/fhir+json"],
                 "unclassified": "keep",
+                "match": "case_insensitive",
+                "control_keys": "withhold",
                 "mask_client_errors": true,
                 "headers": ["etag"],
                 "fields": [
@@ -1017,7 +1046,9 @@ fn valid() -> Vec<(String, Value)> {
                     {"path": "$.subject", "domain": "identity", "sensitivity": "low"},
                     {"path": "$.results[*].value", "domain": "clinical", "sensitivity": "special",
                      "action": {"generalise": {"bucket": 5}}},
-                    {"path": "$[\"lab notes\"].*", "domain": "clinical", "public": false}
+                    {"path": "$[\"lab notes\"].*", "domain": "clinical", "public": false},
+                    {"path": "$..national_id", "domain": "identity", "match": "exact"},
+                    {"path": "$..[\"ſsn\"].digits", "domain": "identity"}
                 ]
             },
             "request": {
@@ -1112,6 +1143,11 @@ fn the_schema_states_the_plugins_defaults() {
     assert_eq!(d["field"]["properties"]["sensitivity"]["default"], "medium");
     assert_eq!(
         d["response"]["properties"]["unclassified"]["default"],
+        "remove"
+    );
+    assert_eq!(d["response"]["properties"]["match"]["default"], "exact");
+    assert_eq!(
+        d["response"]["properties"]["control_keys"]["default"],
         "remove"
     );
     assert_eq!(d["action"]["default"], "remove");

@@ -231,3 +231,45 @@ fn envoys_log_verifies_and_tampering_is_found_by_line() {
         assert!(page.contains(needle), "the report lacks {needle}");
     }
 }
+
+/// The demo's way: Envoy logs to a file the caller names (`log_file`, as the demo's
+/// `target/demo/envoy.log`), and the two commands the demo prints read that very file
+/// while Envoy runs, and still after it has stopped.
+#[test]
+fn the_demos_log_file_is_what_its_audit_commands_read() {
+    let _watchdog = watchdog("audit-log-file", Duration::from_secs(300));
+    let service = example_service(60);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("demo").join("envoy.log");
+    let envoy = start(envoy_for(&service, &example_policy()).log_file(&log));
+    assert_eq!(envoy.log_path(), log);
+    let insurer = sign(&claims("insurer"));
+    assert_eq!(get_with(&envoy, "/patients/p-1", &insurer).status, 200);
+    assert_eq!(get(&envoy, "/patients/p-1", &[]).status, 401);
+    wait_for_decisions(&envoy, 2);
+
+    let o = verify(&log);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ok: 1 chain, 2 records"), "{}", text(&o));
+    let stats = dir.path().join("stats.txt");
+    std::fs::write(&stats, envoy.admin_get("/stats").unwrap()).unwrap();
+    let html = dir.path().join("report.html");
+    let o = consentry(&[
+        Path::new("report"),
+        &log,
+        Path::new("--stats"),
+        &stats,
+        Path::new("-o"),
+        &html,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("token_missing"),
+        "the report lacks the refusal"
+    );
+
+    drop(envoy);
+    let o = verify(&log);
+    assert!(o.status.success(), "the log outlives Envoy: {}", text(&o));
+}

@@ -13,11 +13,12 @@
 //! And `hold` on a host without the flag stalls: the client gives up (a bounded
 //! timeout) having received nothing.
 //!
-//! Every scenario takes the client's protocol as a parameter ([`Protocol`]); HTTP/2 is
-//! added beside HTTP/1.1 as one more variant and one more arm in [`Protocol::exchange`].
+//! Every scenario runs over HTTP/1.1 and over HTTP/2 (h2c): a reset is an unterminated
+//! chunked body to the first, a RST_STREAM to the second, and a failure to both.
 
 use std::time::Duration;
 
+use consentry_envoy::h2::{Failure, H2Client, H2Request};
 use consentry_envoy::http::parse_response;
 use consentry_envoy::scripted::{Reply, ScriptedUpstream};
 use consentry_envoy::{HttpResponse, RunningEnvoy, project_root, send, send_raw};
@@ -38,6 +39,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(4);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Protocol {
     Http1,
+    H2c,
 }
 
 /// What a client saw of one exchange.
@@ -62,6 +64,28 @@ impl Protocol {
     /// `GET path` with these headers through Envoy's listener.
     fn exchange(self, envoy: &RunningEnvoy, path: &str, headers: &[(&str, &str)]) -> Seen {
         match self {
+            Protocol::H2c => {
+                let mut request = H2Request::new("GET", path);
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                let client = H2Client::cleartext(envoy.listen_addr()).with_timeout(CLIENT_TIMEOUT);
+                match client.send(&request) {
+                    Ok(response) => Seen::Complete(response.to_http()),
+                    Err(failure) if matches!(failure.failure, Failure::TimedOut(_)) => {
+                        Seen::Stalled {
+                            received: failure.body,
+                        }
+                    }
+                    Err(failure) if failure.is_reset() => Seen::Broken {
+                        status: failure.status.unwrap_or(0),
+                        headers: failure.headers.clone(),
+                        received: failure.body.clone(),
+                        error: failure.to_string(),
+                    },
+                    Err(failure) => panic!("GET {path} over h2c: {failure}"),
+                }
+            }
             Protocol::Http1 => {
                 let mut request = format!(
                     "GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nconnection: close\r\n",
@@ -288,8 +312,9 @@ fn assert_clean_problem(label: &str, seen: Seen, status: u16, code: &str) {
 }
 
 /// A stream that ended after 200 headers without completing: the client reports a
-/// failure, and nothing of the body arrived.
-fn assert_reset(label: &str, seen: Seen) {
+/// failure (HTTP/1.1: an unterminated chunked body; HTTP/2: the stream reset), and
+/// nothing of the body arrived.
+fn assert_reset(protocol: Protocol, label: &str, seen: Seen) {
     match seen {
         Seen::Broken {
             status,
@@ -304,14 +329,22 @@ fn assert_reset(label: &str, seen: Seen) {
                     .any(|(n, _)| n.eq_ignore_ascii_case("content-length")),
                 "{label}: late_commit sends no content-length: {headers:?}"
             );
-            assert!(
-                error.contains("chunked"),
-                "{label}: the client must fail on the unterminated chunked body: {error}"
-            );
-            assert!(
-                !received.ends_with(b"0\r\n\r\n"),
-                "{label}: the final chunk must not be sent"
-            );
+            match protocol {
+                Protocol::Http1 => {
+                    assert!(
+                        error.contains("chunked"),
+                        "{label}: the client must fail on the unterminated chunked body: {error}"
+                    );
+                    assert!(
+                        !received.ends_with(b"0\r\n\r\n"),
+                        "{label}: the final chunk must not be sent"
+                    );
+                }
+                Protocol::H2c => assert!(
+                    error.contains("reset") || error.contains("GOAWAY"),
+                    "{label}: the client must see the stream reset: {error}"
+                ),
+            }
             assert_nothing_released(label, &received);
         }
         other => panic!("{label}: expected a reset stream after 200 headers, got {other:?}"),
@@ -350,7 +383,9 @@ fn serves_and_withholds(protocol: Protocol, template: &str, mode: Mode) {
                     "{}: the headers went before the body was redacted",
                     label(case)
                 );
-                assert!(response.is_chunked(), "{}", label(case));
+                if protocol == Protocol::Http1 {
+                    assert!(response.is_chunked(), "{}", label(case));
+                }
             }
             Mode::Hold => assert_eq!(
                 response.content_length(),
@@ -377,7 +412,7 @@ fn serves_and_withholds(protocol: Protocol, template: &str, mode: Mode) {
         let record = host.record_of(&id);
         match mode {
             Mode::LateCommit => {
-                assert_reset(&label(case), seen);
+                assert_reset(protocol, &label(case), seen);
                 assert_eq!(record["outcome"], "reset", "{}: {record}", label(case));
             }
             Mode::Hold => {
@@ -450,4 +485,22 @@ fn hold_without_the_flag_stalls(protocol: Protocol) {
 fn hold_without_the_flag_stalls_over_http1() {
     let _watchdog = watchdog("hold_without_the_flag_stalls", Duration::from_secs(60));
     hold_without_the_flag_stalls(Protocol::Http1);
+}
+
+#[test]
+fn late_commit_without_the_flag_over_h2c() {
+    let _watchdog = watchdog("late_commit_without_the_flag_h2c", Duration::from_secs(90));
+    serves_and_withholds(Protocol::H2c, NO_FLAG, Mode::LateCommit);
+}
+
+#[test]
+fn hold_with_the_flag_over_h2c() {
+    let _watchdog = watchdog("hold_with_the_flag_h2c", Duration::from_secs(90));
+    serves_and_withholds(Protocol::H2c, WITH_FLAG, Mode::Hold);
+}
+
+#[test]
+fn hold_without_the_flag_stalls_over_h2c() {
+    let _watchdog = watchdog("hold_without_the_flag_stalls_h2c", Duration::from_secs(60));
+    hold_without_the_flag_stalls(Protocol::H2c);
 }

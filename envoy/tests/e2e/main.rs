@@ -19,6 +19,9 @@
 //!   and h2 over TLS, and the key scenarios over HTTP/2.
 //! - `views`: each persona's view of the example data, through Envoy, is its golden file
 //!   in `examples/views/` byte for byte.
+//! - `open_banking`: the second scenario (`policies/open-banking.json`, the bank's
+//!   accounts): its golden views, whole and chunked, and decisions on
+//!   `authorization_details` entries with their audit records.
 //! - `late_commit`: the response modes on hosts with and without
 //!   `allow_on_headers_stop_iteration` (what the deployment manifests in `envoy/deploy/`
 //!   amount to): redacted views, resets for bodies found unsafe late, stalls.
@@ -28,6 +31,8 @@
 //!   breaks off or cannot be reached) reach the client masked, without upstream bytes.
 //! - `hygiene`: which headers reach the client and the upstream; method overrides and
 //!   protocol upgrades refused.
+//! - `spellings`: any-depth and case-insensitive field paths classify a member in every
+//!   spelling and at every depth; a name with U+0000 is removed or withholds the answer.
 //!
 //! Needs `./envoy/install.sh` (or ENVOY_BIN) and the plugin's release build
 //! (`cargo build -p consentry-filter --target wasm32-wasip1 --release`); without them
@@ -46,10 +51,12 @@ mod late_commit;
 mod leaks;
 mod limits;
 mod mtls;
+mod open_banking;
 mod protocols;
 mod proxy_replies;
 mod revocation;
 mod rotation;
+mod spellings;
 mod stats;
 mod support;
 mod tls;

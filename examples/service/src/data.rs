@@ -15,6 +15,7 @@ use axum::body::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::bank::Bank;
 use crate::consent::{ConsentConfig, ConsentState};
 
 /// The checked-in data set (`examples/data/patients.json`), embedded so the
@@ -24,11 +25,12 @@ pub const BUILTIN_PATIENTS_JSON: &[u8] = include_bytes!("../../data/patients.jso
 /// Size the generated history of each patient grows to (at most): 64 KiB.
 pub const HISTORY_TARGET_LEN: usize = 64 * 1024;
 
-/// The loaded data set and the consent endpoints' state, cheap to clone and share
-/// between connections.
+/// The loaded data sets (patients, bank accounts) and the consent endpoints' state,
+/// cheap to clone and share between connections.
 #[derive(Clone, Debug)]
 pub struct ServiceState {
     inner: Arc<Data>,
+    bank: Bank,
     consent: ConsentState,
 }
 
@@ -152,6 +154,7 @@ impl ServiceState {
                 patients,
                 summaries: Bytes::from(summaries),
             }),
+            bank: Bank::builtin()?,
             consent: ConsentState::new(ConsentConfig::builtin()?)?,
         })
     }
@@ -160,9 +163,19 @@ impl ServiceState {
     /// [`ConsentConfig::builtin`].
     pub fn with_consent(self, config: ConsentConfig) -> io::Result<Self> {
         Ok(Self {
-            inner: self.inner,
             consent: ConsentState::new(config)?,
+            ..self
         })
+    }
+
+    /// The same patients with these bank accounts instead of [`Bank::builtin`].
+    pub fn with_bank(self, bank: Bank) -> Self {
+        Self { bank, ..self }
+    }
+
+    /// The bank's accounts (the open-banking routes).
+    pub fn bank(&self) -> &Bank {
+        &self.bank
     }
 
     /// The consent endpoints' state (JWKS, status lists).

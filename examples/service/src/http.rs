@@ -44,6 +44,10 @@ pub fn router(state: ServiceState) -> Router {
         .route("/patients/{id}/history", get(history))
         .route("/patients/{id}/billing", get(billing))
         .route("/records", get(records))
+        .route("/accounts", get(accounts))
+        .route("/accounts/{id}", get(account))
+        .route("/accounts/{id}/balances", get(balances))
+        .route("/accounts/{id}/transactions", get(transactions))
         .route("/status/{code}", any(status))
         .route("/echo", any(echo))
         .route("/echo/{*rest}", any(echo))
@@ -263,6 +267,34 @@ async fn billing(
     RawQuery(q): RawQuery,
 ) -> Response {
     data_response(s.billing(&id), q.as_deref())
+}
+
+async fn accounts(State(s): State<ServiceState>, RawQuery(q): RawQuery) -> Response {
+    data_response(Some(s.bank().accounts()), q.as_deref())
+}
+
+async fn account(
+    State(s): State<ServiceState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    data_response(s.bank().account(&id), q.as_deref())
+}
+
+async fn balances(
+    State(s): State<ServiceState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    data_response(s.bank().balances(&id), q.as_deref())
+}
+
+async fn transactions(
+    State(s): State<ServiceState>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    data_response(s.bank().transactions(&id), q.as_deref())
 }
 
 /// The most ids one `/records` request may name.

@@ -1,5 +1,6 @@
-//! An example upstream service for Consentry: a hospital's patient-record API
-//! speaking HTTP/1.1 and JSON.
+//! An example upstream service for Consentry: a hospital's patient-record API, and a
+//! bank's account-information API for the open-banking scenario, speaking HTTP/1.1 and
+//! JSON.
 //!
 //! Envoy with the Consentry plugin sits in front of it in the demo, the
 //! end-to-end tests and the benchmarks. It serves the checked-in records as the
@@ -11,6 +12,7 @@
 //! Token Status Lists, changeable at run time (`PUT /admin/...`), signed by [`issuer`],
 //! which `consentry mint` shares.
 
+pub mod bank;
 mod consent;
 mod data;
 mod http;
@@ -27,6 +29,7 @@ use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
+pub use bank::{BUILTIN_ACCOUNTS_JSON, Bank};
 pub use consent::{
     ConsentConfig, ConsentState, DEFAULT_STATUS_BITS, DEFAULT_STATUS_LIST_LEN,
     DEFAULT_STATUS_TTL_SECONDS, MAX_STATUS_LIST_LEN,

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use consentry_example_service::issuer::{Alg, SigningKey};
-use consentry_example_service::{ConsentConfig, ServiceState};
+use consentry_example_service::{Bank, ConsentConfig, ServiceState};
 
-/// The example patient-record service that Consentry is demonstrated and tested against.
+/// The example patient-record and bank-account service that Consentry is demonstrated
+/// and tested against.
 #[derive(Parser, Debug)]
 #[command(name = "example-service", version)]
 struct Args {
@@ -18,6 +19,9 @@ struct Args {
     /// A patients file to serve instead of the built-in examples/data/patients.json.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// An accounts file to serve instead of the built-in examples/data/accounts.json.
+    #[arg(long, value_name = "FILE")]
+    accounts: Option<PathBuf>,
     /// The JWKS to serve at /.well-known/jwks.json at start (default: the development
     /// examples/keys/jwks.json); PUT /admin/jwks replaces it at run time.
     #[arg(long, value_name = "FILE")]
@@ -74,6 +78,11 @@ async fn main() -> anyhow::Result<()> {
             ServiceState::load(path).with_context(|| format!("loading {}", path.display()))?
         }
         None => ServiceState::builtin().context("loading the built-in data")?,
+    };
+    let state = match &args.accounts {
+        Some(path) => state
+            .with_bank(Bank::load(path).with_context(|| format!("loading {}", path.display()))?),
+        None => state,
     };
     let state = state
         .with_consent(consent_config(&args)?)

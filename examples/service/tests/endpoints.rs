@@ -235,6 +235,43 @@ fn summaries_billing_and_record_lists() {
 }
 
 #[test]
+fn bank_accounts_balances_and_transactions_are_the_stored_bytes() {
+    let svc = spawn("127.0.0.1:0").unwrap();
+    let bank = state().bank().clone();
+    for path in [
+        "/accounts",
+        "/accounts/acc-1001",
+        "/accounts/acc-1001/balances",
+        "/accounts/acc-1001/transactions",
+        "/accounts/acc-2001/transactions",
+    ] {
+        let r = get(&svc, path);
+        assert_eq!(r.status, 200, "{path}");
+        assert_json(&r);
+        assert_eq!(r.body, bank.resource(path).unwrap().to_vec(), "{path}");
+    }
+    let r = get(&svc, "/accounts/acc-1001/transactions");
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(text.starts_with("{\"account_id\":\"acc-1001\",\"transactions\":["));
+    assert!(text.contains("\"amount\": -950.00"));
+
+    for path in [
+        "/accounts/acc-9",
+        "/accounts/acc-9/balances",
+        "/accounts/acc-1001/x",
+    ] {
+        let r = get(&svc, path);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (404, Some("not_found"))
+        );
+    }
+    let r = get(&svc, "/accounts/acc-1001/transactions?chunked=1");
+    assert_eq!(r.body, bank.transactions("acc-1001").unwrap().to_vec());
+    assert!(r.chunks > 10, "{}", r.chunks);
+}
+
+#[test]
 fn history_is_the_64_kb_record() {
     let svc = spawn("127.0.0.1:0").unwrap();
     let r = get(&svc, "/patients/p-1/history");

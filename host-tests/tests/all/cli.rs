@@ -14,7 +14,7 @@ use crate::support::{
 /// 2026-11-27T12:00:00Z.
 const NOW: &str = "2026-11-27T12:00:00Z";
 
-fn consentry(args: &[&str]) -> Output {
+pub(crate) fn consentry(args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_consentry"));
     cmd.args(args)
         .current_dir(consentry_host::plugin::workspace_root())
@@ -24,7 +24,7 @@ fn consentry(args: &[&str]) -> Output {
     cmd.output().unwrap()
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -32,7 +32,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn shown(o: &Output) -> String {
+pub(crate) fn shown(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
         o.status.code(),
@@ -41,13 +41,13 @@ fn shown(o: &Output) -> String {
     )
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
 }
 
-fn arg(p: &Path) -> &str {
+pub(crate) fn arg(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -62,6 +62,9 @@ fn check_accepts_the_example_policy_with_its_secret() {
     let mode = lines.next().unwrap_or_default();
     assert!(mode.starts_with("response mode hold: "), "{mode}");
     assert!(mode.contains("allow_on_headers_stop_iteration"), "{mode}");
+    // The example policy, with its test suite as the routes' examples, draws no
+    // warning (policy_suite.rs shows each kind of warning).
+    assert_eq!(lines.next(), None, "{}", shown(&out));
 }
 
 #[test]

@@ -153,3 +153,73 @@ fn late_commit_minimises_a_request_body_behind_headers_that_already_went() {
         assert!(up.header("content-length").is_none(), "flag {flag}");
     }
 }
+
+#[test]
+fn head_304_trailers_and_the_body_limit_behave_alike_in_both_modes() {
+    let token = token_with("insurer", T0 - 60, |_| {});
+    for (mode, flag) in [
+        ("hold", true),
+        ("late_commit", true),
+        ("late_commit", false),
+    ] {
+        let label = format!("{mode}, flag {flag}");
+        // HEAD: headers only, and no length of a body the client does not get.
+        let mut p = proxy(mode, flag);
+        let head = Request::new("HEAD", "/patients/p-1").bearer(&token);
+        let out = p.send(head, upstream_record("p-1"));
+        assert_eq!(out.client.status, 200, "{label}");
+        assert_eq!(out.client.header("content-length"), None, "{label}: HEAD");
+        assert!(out.client.body.is_empty(), "{label}: HEAD");
+
+        // A 304 (the plugin strips conditional requests, but an upstream may still
+        // send one): no length, no etag of the unredacted body.
+        let not_modified = Response::new(304)
+            .header("etag", "\"v7\"")
+            .header("content-length", "4242");
+        let out = insurer_read(&mut p, not_modified);
+        assert_eq!(out.client.status, 304, "{label}");
+        assert_eq!(out.client.header("content-length"), None, "{label}: 304");
+        assert_eq!(out.client.header("etag"), None, "{label}: 304");
+
+        // Trailers end the body: it is redacted there and goes without them.
+        let with_trailers = upstream_record("p-1").trailer("x-checksum", "abc");
+        let out = insurer_read(&mut p, with_trailers);
+        assert_eq!(out.client.status, 200, "{label}: {:#?}", out.trace);
+        assert_eq!(out.client.fault, None, "{label}");
+        assert_eq!(out.client.json(), golden("insurer-p-1.json"), "{label}");
+        assert!(
+            out.client.trailers.is_empty(),
+            "{label}: {:?}",
+            out.client.trailers
+        );
+
+        // A body over limits.max_body_bytes, with no length to warn: withheld whole
+        // (hold), or reset after the headers (late_commit); never released.
+        let config = example_policy(|p| {
+            p["response_mode"] = json!(mode);
+            p["limits"] = json!({"max_body_bytes": 4096});
+        });
+        let service = consentry_host::fixtures::ConsentService::new();
+        let mut small = proxy_with(config, &service, at(T0))
+            .allow_on_headers_stop_iteration(flag)
+            .start()
+            .unwrap();
+        let big = format!(r#"{{"id":"p-1","notes":"{}"}}"#, "Whitcombe ".repeat(600));
+        let chunked = Response::new(200)
+            .header("content-type", "application/json")
+            .chunks(big.as_bytes().chunks(1000));
+        let out = insurer_read(&mut small, chunked);
+        assert!(
+            !String::from_utf8_lossy(&out.client.body).contains("Whitcombe"),
+            "{label}: nothing of an oversized body"
+        );
+        match mode {
+            "hold" => assert_eq!(out.client.status, 502, "{label}"),
+            _ => assert!(
+                matches!(out.client.fault, Some(ClientFault::Reset { .. })),
+                "{label}: {:?}",
+                out.client
+            ),
+        }
+    }
+}

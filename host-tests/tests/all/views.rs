@@ -139,7 +139,7 @@ fn never_shows(name: &str, view: &[u8], secrets: &BTreeSet<String>) {
 }
 
 /// A line diff of the two documents, pretty-printed.
-fn diff(expected: &[u8], actual: &[u8]) -> String {
+pub(crate) fn diff(expected: &[u8], actual: &[u8]) -> String {
     let pretty = |b: &[u8]| match serde_json::from_slice::<Value>(b) {
         Ok(v) => serde_json::to_string_pretty(&v).unwrap(),
         Err(_) => String::from_utf8_lossy(b).into_owned(),

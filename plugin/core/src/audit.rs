@@ -15,7 +15,7 @@
 //!  "request_id":"0f7cb765-86fc-485c-b1a8-6470c46bf45a",
 //!  "caller":"spiffe://insurer.example/claims",
 //!  "subject":"hmac-sha256:k1:5b1d0c…(32 hex)","acts_for":null,"purpose":"claims",
-//!  "consent_id":"c-7781","route":"GET /patients/{id}","rule":"insurer-read",
+//!  "consent_id":"c-7781","route":"patient-record","rule":"insurer-read",
 //!  "decision":"allow","code":"ok","reason":"rule_matched","outcome":"released","status":200,
 //!  "released":[{"field":"$.id","count":1}],
 //!  "redacted":[{"field":"$.identity.name","action":"pseudonymise","count":1}],
@@ -30,7 +30,8 @@
 //! - `time`: RFC 3339 UTC with milliseconds, always `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 //! - `request_id`, `caller` (the grantee, mTLS identity or source address: whatever the
 //!   plugin identified the caller by), `purpose`, `consent_id`, `route` (the route's
-//!   template, never the concrete path), `rule` (the id of the policy rule that decided):
+//!   name in the policy, never the concrete path), `rule` (the name of the policy rule
+//!   that decided):
 //!   strings, or `null` when not known.
 //! - `subject`: never in clear. `hmac-sha256:<kid>:<hex>` when an audit key is
 //!   configured (HMAC-SHA-256 under that key of `consentry-audit-subject`, a zero byte,
@@ -269,7 +270,7 @@ impl FieldReport {
 
 /// What one decision record says. Personal data cannot be put in by accident: the
 /// subject is hashed inside [`AuditTrail::record`], the reason is a constant of the
-/// plugin, and fields are names. `route` must be the route's template, not the path.
+/// plugin, and fields are names. `route` must be the route's name, never the path.
 #[derive(Debug, Clone)]
 pub struct AuditEntry<'a> {
     pub time: SystemTime,

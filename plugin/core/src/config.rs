@@ -280,10 +280,19 @@ impl ResponseMode {
     pub fn describe(self) -> &'static str {
         match self {
             ResponseMode::Hold => {
-                "response mode hold: response headers wait for the redacted body and                  every refusal is a clean problem; needs Envoy 1.35+ with the wasm                  filter's allow_on_headers_stop_iteration: true (elsewhere protected                  responses stall: use \"response_mode\": \"late_commit\")"
+                concat!(
+                    "response mode hold: response headers wait for the redacted body and ",
+                    "every refusal is a clean problem; needs Envoy 1.35+ with the wasm ",
+                    "filter's allow_on_headers_stop_iteration: true (elsewhere protected ",
+                    "responses stall: use \"response_mode\": \"late_commit\")"
+                )
             }
             ResponseMode::LateCommit => {
-                "response mode late_commit: response headers go before the body is                  redacted (no content-length); a body found unsafe afterwards resets                  the stream; runs on any proxy-wasm host (Istio, Envoy Gateway)"
+                concat!(
+                    "response mode late_commit: response headers go before the body is ",
+                    "redacted (no content-length); a body found unsafe afterwards resets ",
+                    "the stream; runs on any proxy-wasm host (Istio, Envoy Gateway)"
+                )
             }
         }
     }

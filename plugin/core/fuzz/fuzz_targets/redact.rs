@@ -7,16 +7,49 @@ use libfuzzer_sys::fuzz_target;
 
 const NAMES: [&str; 4] = ["a", "b", "ssn", "é"];
 
+/// Rule bytes, then three option bytes.
+const HEAD: usize = 15;
+
 fuzz_target!(|data: &[u8]| {
-    let (head, body) = data.split_at(data.len().min(12));
-    // Each head byte is one rule: 2 bits path length, 2 bits name, 3 bits action.
-    let rules = head.iter().map(|&b| {
+    let (head, body) = data.split_at(data.len().min(HEAD));
+    let (rules, options) = head.split_at(head.len().min(12));
+    let option = |i: usize| options.get(i).copied().unwrap_or(0);
+    // Options: bits 0..12 of the first two bytes make rule i any-depth (its first step
+    // becomes `..name`); bit 4 of the second withholds control characters in names;
+    // bit i of the third makes rule i (< 8) match names case-insensitively, its names
+    // written in upper case so the fold is what matches them.
+    let deep = u16::from(option(0)) | u16::from(option(1) & 0x0f) << 8;
+    let withhold = option(1) & 0x10 != 0;
+    let folded = option(2);
+    // Each rule byte is one rule: 2 bits path length, 2 bits name, 3 bits action.
+    let rules = rules.iter().enumerate().map(|(i, &b)| {
+        let name = |n: u8| NAMES[usize::from((b >> 2) & 3 ^ n)];
         let step = |k: u8| match (b >> k) & 3 {
             0 => PathStep::AnyMember,
             1 => PathStep::AnyElement,
-            n => PathStep::Member(NAMES[usize::from((b >> 2) & 3 ^ n)].into()),
+            n => PathStep::Member(name(n).into()),
         };
-        let path = FieldPath((0..1 + (b & 3)).map(|i| step(i * 2 + 1)).collect());
+        let mut steps: Vec<PathStep> = (0..1 + (b & 3)).map(|i| step(i * 2 + 1)).collect();
+        if deep >> i & 1 == 1
+            && let Some(first) = steps.first_mut()
+        {
+            *first = PathStep::Descendant(name(0).into());
+        }
+        let mut path = FieldPath(steps);
+        if i < 8 && folded >> i & 1 == 1 {
+            let upper = |n: String| n.to_uppercase();
+            path = FieldPath(
+                path.0
+                    .into_iter()
+                    .map(|s| match s {
+                        PathStep::Member(n) => PathStep::Member(upper(n)),
+                        PathStep::Descendant(n) => PathStep::Descendant(upper(n)),
+                        other => other,
+                    })
+                    .collect(),
+            )
+            .any_case();
+        }
         let action = match b >> 5 {
             0 => FieldAction::Keep,
             1 => FieldAction::Mask {
@@ -46,6 +79,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(plan) = Plan::build(rules.collect(), unclassified) else {
         return;
     };
+    let plan = plan.with_control_keys(if withhold {
+        ControlKeys::Withhold
+    } else {
+        ControlKeys::Remove
+    });
     let keys = KeyRing::new().with_key("k1", &[7; 32]).unwrap();
     let recipient = RecipientKey::from_jwk(&serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "r",
         "x": "weNJy2HscCSM6AEDTDg04biOvhFhyyWvOHQfeF_PxMQ", "y": "e8lnCO-AlStT-NJVX-crhB7QRYhiix03illJOVAOyck"})).unwrap();

@@ -185,9 +185,14 @@ write("audit", {
                                             "\ud7ff", "a\tb", "{}", "[\"]", "$.a", "$.b"]).encode(),
 })
 
+# 12 rule bytes, then the options: any-depth rules (12 bits), control characters
+# withheld (bit 4 of the second), case-insensitive rules (the third).
 redact = {}
 for name in ("insurer-p-1", "guardian-p-5"):
     body = (REPO / "examples/views" / f"{name}.json").read_bytes()
-    redact[name] = bytes(range(0x21, 0x2d)) + body
-redact["deep"] = b"\x41" * 12 + b'{"a":[{"b":{"ssn":"123-45-6789","\\u00e9":[1,2.5e3,null,true]}}]}'
+    redact[name] = bytes(range(0x21, 0x2d)) + b"\x00\x00\x00" + body
+redact["deep"] = b"\x41" * 12 + b"\x00\x00\x00" + b'{"a":[{"b":{"ssn":"123-45-6789","\\u00e9":[1,2.5e3,null,true]}}]}'
+spellings = '{"SSN":1,"\\u017Fsn":2,"a":[{"B":{"ssn":3,"\u00c9":4}},{"ssn\\u0000":5}],"\\u212a":{"\x7f":6}}'.encode()
+redact["spellings"] = bytes([0x4a, 0x26, 0x89, 0x55, 0x0e, 0x21]) + bytes(6) + b"\x15\x00\x0f" + spellings
+redact["spellings-withheld"] = bytes([0x4b, 0x0a]) + bytes(10) + b"\xff\x1f\xff" + spellings
 write("redact", redact)

@@ -1,5 +1,5 @@
 //! The exchange: one HTTP stream's way through the plugin, as an explicit state
-//! machine whose every (state, event) pair is written down in [`machine`].
+//! machine whose every (state, event) pair is written down in `machine.rs`.
 //!
 //! ```text
 //! request headers ─► caller ─► lockout ─► rate limit ─► token (one, in its place)

@@ -254,6 +254,9 @@ pub(crate) fn count_report(r: &redact::Report, host: &mut dyn Host) {
     if r.unclassified_removed > 0 {
         host.count("consentry.redacted.unclassified", r.unclassified_removed);
     }
+    if r.control_keys_removed > 0 {
+        host.count("consentry.redacted.control_keys", r.control_keys_removed);
+    }
 }
 
 /// The audit's name for what an action did; `None` for a release in clear.

@@ -229,6 +229,7 @@ impl Plugin {
                     redact::RedactError::RandomFailure => "host_random",
                     redact::RedactError::InvalidUtf8 { .. }
                     | redact::RedactError::ByteOrderMark => "invalid_text",
+                    redact::RedactError::ControlKey { .. } => "control_key",
                     _ => "invalid_json",
                 };
                 Err((Code::UnsafeResponse, reason))

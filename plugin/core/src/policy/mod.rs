@@ -32,7 +32,9 @@ use std::rc::Rc;
 use serde::Deserialize;
 
 use crate::http::{Headers, PeerCertificate};
-use crate::redact::{FieldAction, FieldPath, Generalisation, HashEncoding, Plan, Unclassified};
+use crate::redact::{
+    ControlKeys, FieldAction, FieldPath, Generalisation, HashEncoding, Plan, Unclassified,
+};
 use crate::route::{Params, PathTemplate};
 use crate::token::Consent;
 use cidr::Cidr;
@@ -118,6 +120,11 @@ fn default_methods() -> Vec<String> {
 pub struct RawResponse {
     pub content_types: Vec<String>,
     pub unclassified: RawUnclassified,
+    /// How the fields' member names are matched, unless a field says otherwise.
+    #[serde(rename = "match")]
+    pub matching: RawMatch,
+    /// What happens to members whose names contain control characters.
+    pub control_keys: RawControlKeys,
     pub fields: Vec<RawField>,
     /// Replace 4xx bodies from the upstream with a masked problem too.
     pub mask_client_errors: bool,
@@ -136,6 +143,8 @@ impl Default for RawResponse {
         Self {
             content_types: vec!["application/json".into()],
             unclassified: RawUnclassified::Remove,
+            matching: RawMatch::Exact,
+            control_keys: RawControlKeys::Remove,
             fields: Vec::new(),
             mask_client_errors: false,
             headers: None,
@@ -151,10 +160,36 @@ pub enum RawUnclassified {
     Keep,
 }
 
+/// How a field path's member names are matched.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMatch {
+    /// The unescaped name, exactly.
+    #[default]
+    Exact,
+    /// Every spelling with the same Unicode simple case fold (`SSN`, `Ssn`, `ſſn` for
+    /// `ssn`), as consumers that bind names case-insensitively read them.
+    CaseInsensitive,
+}
+
+/// What the redactor does with a member whose name contains a control character.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawControlKeys {
+    /// Remove the member.
+    #[default]
+    Remove,
+    /// Withhold the whole response (502 `unsafe_response`).
+    Withhold,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawField {
     pub path: String,
+    /// How the path's names are matched; the route's `response.match` by default.
+    #[serde(default, rename = "match")]
+    pub matching: Option<RawMatch>,
     /// The data domain; required unless the field is `public`.
     #[serde(default)]
     pub domain: Option<String>,
@@ -502,6 +537,7 @@ pub struct Route {
     pub template: PathTemplate,
     pub content_types: Vec<String>,
     pub unclassified: Unclassified,
+    pub control_keys: ControlKeys,
     pub fields: Vec<Field>,
     pub mask_client_errors: bool,
     /// Response headers allowed besides the standard ones; `None` allows all.
@@ -729,7 +765,20 @@ impl Policy {
             let mut fields = Vec::new();
             for (fi, f) in r.response.fields.iter().enumerate() {
                 let fat = |s: &str| format!("$.routes[{ri}].response.fields[{fi}].{s}");
+                let any_case =
+                    f.matching.unwrap_or(r.response.matching) == RawMatch::CaseInsensitive;
                 let path = match FieldPath::parse(&f.path) {
+                    Ok(p) if f.matching == Some(RawMatch::CaseInsensitive) && !p.has_name() => {
+                        err(
+                            fat("match"),
+                            format!(
+                                "'{}' names no member: there is no name to match case-insensitively",
+                                f.path
+                            ),
+                        );
+                        None
+                    }
+                    Ok(p) if any_case => Some(p.any_case()),
                     Ok(p) => Some(p),
                     Err(e) => {
                         err(fat("path"), format!("bad field path: {e}"));
@@ -771,8 +820,19 @@ impl Policy {
                     }
                 };
                 if let (Some(path), Some(domain), Some(action)) = (path, domain, act) {
-                    if fields.iter().any(|o: &Field| o.path == path) {
-                        err(fat("path"), format!("'{}' is classified twice", f.path));
+                    if let Some(o) = fields
+                        .iter()
+                        .find(|o: &&Field| o.path.same_locations(&path))
+                    {
+                        let how = if o.text == f.path {
+                            String::new()
+                        } else {
+                            format!(" (as '{}', under case-insensitive matching)", o.text)
+                        };
+                        err(
+                            fat("path"),
+                            format!("'{}' is classified twice{how}", f.path),
+                        );
                     }
                     fields.push(Field {
                         text: f.path.clone(),
@@ -1074,6 +1134,10 @@ impl Policy {
                         RawUnclassified::Remove => Unclassified::Remove,
                         RawUnclassified::Keep => Unclassified::Keep,
                     },
+                    control_keys: match r.response.control_keys {
+                        RawControlKeys::Remove => ControlKeys::Remove,
+                        RawControlKeys::Withhold => ControlKeys::Withhold,
+                    },
                     fields,
                     mask_client_errors: r.response.mask_client_errors,
                     response_headers: r.response.headers,
@@ -1149,23 +1213,47 @@ impl Policy {
 
     fn build_plan(&self, route: usize, rule: usize, released: DomainSet) -> Result<Plan, String> {
         let r = self.routes.get(route).ok_or("no such route")?;
+        let entries = self
+            .field_actions(route, rule, released)?
+            .into_iter()
+            .map(|(f, a)| (f.path.clone(), a))
+            .collect();
+        Plan::build(entries, r.unclassified)
+            .map(|p| p.with_control_keys(r.control_keys))
+            .map_err(|e| e.to_string())
+    }
+
+    /// What each classified field of a route becomes under one of its rules when the
+    /// consent covers `released` (of the rule's `release`): `Keep` for a field
+    /// released in clear, else the first of the rule's action for the field's path,
+    /// the rule's action for its domain, the field's own action. The plan of a
+    /// decision is built from these; `consentry check` reads them too.
+    pub fn field_actions(
+        &self,
+        route: usize,
+        rule: usize,
+        released: DomainSet,
+    ) -> Result<Vec<(&Field, FieldAction)>, String> {
+        let r = self.routes.get(route).ok_or("no such route")?;
         let rule = r.rules.get(rule).ok_or("no such rule")?;
-        let mut entries = Vec::with_capacity(r.fields.len());
-        for f in &r.fields {
-            let in_clear = f.public
-                || (released & (1u64 << f.domain) != 0 && f.sensitivity <= rule.max_sensitivity);
-            let a = if in_clear {
-                FieldAction::Keep
-            } else {
-                rule.field_actions
-                    .get(&f.text)
-                    .or_else(|| rule.actions.get(&f.domain))
-                    .cloned()
-                    .unwrap_or_else(|| f.action.clone())
-            };
-            entries.push((f.path.clone(), a));
-        }
-        Plan::build(entries, r.unclassified).map_err(|e| e.to_string())
+        Ok(r.fields
+            .iter()
+            .map(|f| {
+                let in_clear = f.public
+                    || (released & (1u64 << f.domain) != 0
+                        && f.sensitivity <= rule.max_sensitivity);
+                let a = if in_clear {
+                    FieldAction::Keep
+                } else {
+                    rule.field_actions
+                        .get(&f.text)
+                        .or_else(|| rule.actions.get(&f.domain))
+                        .cloned()
+                        .unwrap_or_else(|| f.action.clone())
+                };
+                (f, a)
+            })
+            .collect())
     }
 
     /// Decides one request.

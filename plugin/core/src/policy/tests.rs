@@ -439,3 +439,94 @@ fn configuration_errors_name_their_place() {
         assert!(all.contains(needle), "missing «{needle}» in:\n{all}");
     }
 }
+
+/// A route of `fields` with one rule releasing `identity`, compiled.
+fn compile_fields(response: serde_json::Value) -> Result<Policy, Vec<(String, String)>> {
+    let raw = json!({
+        "domains": ["identity", "special"], "purposes": ["claims"],
+        "routes": [{"name": "r", "path": "/patients/{id}", "response": response,
+            "rules": [{"name": "a", "purposes": ["claims"], "release": ["identity"]}]}]
+    });
+    Policy::compile(serde_json::from_value(raw).unwrap(), "k1")
+}
+
+fn redact_with(p: &Policy, released: DomainSet, body: &str) -> Result<String, redact::RedactError> {
+    let plan = p.plan(0, 0, released).unwrap();
+    let keys = KeyRing::new();
+    let mut random = |b: &mut [u8]| b.fill(7);
+    let mut cx = RedactContext {
+        pseudonym_keys: &keys,
+        grantee: None,
+        recipient: None,
+        random: &mut random,
+    };
+    let limits = Limits {
+        max_bytes: 1 << 20,
+        max_depth: 64,
+    };
+    redact::redact(&plan, body.as_bytes(), limits, &mut cx)
+        .map(|r| String::from_utf8(r.body).unwrap())
+}
+
+#[test]
+fn any_depth_and_case_insensitive_fields_reach_the_plan() {
+    let p = compile_fields(json!({"unclassified": "keep", "fields": [
+        {"path": "$..national_id", "domain": "special"},
+        {"path": "$.patient.national_id", "domain": "identity"},
+        {"path": "$.ssn", "domain": "special", "match": "case_insensitive"}
+    ]}))
+    .unwrap();
+    let body = r#"{"patient":{"national_id":1},"x":[{"national_id":2}],"SSN":3,"ſſn":4,"Ssn2":5}"#;
+    // identity released: the explicit path beats `$..national_id` where it names it.
+    assert_eq!(
+        redact_with(&p, 0b01, body).unwrap(),
+        r#"{"patient":{"national_id":1},"x":[{}],"Ssn2":5}"#
+    );
+    // Route-wide case-insensitive matching, a field going back to exact.
+    let p = compile_fields(
+        json!({"unclassified": "keep", "match": "case_insensitive", "fields": [
+            {"path": "$.ssn", "domain": "special"},
+            {"path": "$.Name", "domain": "special", "match": "exact"}
+        ]}),
+    )
+    .unwrap();
+    assert_eq!(
+        redact_with(&p, 0b01, r#"{"SSN":1,"name":2,"Name":3}"#).unwrap(),
+        r#"{"name":2}"#
+    );
+}
+
+#[test]
+fn control_characters_in_names_follow_the_route() {
+    let body = r#"{"a\u0000":1,"b":2}"#;
+    let remove = compile_fields(json!({"unclassified": "keep"})).unwrap();
+    assert_eq!(redact_with(&remove, 0b01, body).unwrap(), r#"{"b":2}"#);
+    let withhold =
+        compile_fields(json!({"unclassified": "keep", "control_keys": "withhold"})).unwrap();
+    assert_eq!(
+        redact_with(&withhold, 0b01, body),
+        Err(redact::RedactError::ControlKey { offset: 1 })
+    );
+}
+
+#[test]
+fn matching_errors_name_their_place() {
+    let errs = compile_fields(json!({"fields": [
+        {"path": "$.*[*]", "domain": "identity", "match": "case_insensitive"},
+        {"path": "$.SSN", "domain": "identity", "match": "case_insensitive"},
+        {"path": "$[\"ſsn\"]", "domain": "special", "match": "case_insensitive"},
+        {"path": "$..*", "domain": "identity"},
+        {"path": "$.ssn", "domain": "identity"}
+    ]}))
+    .unwrap_err();
+    let all: Vec<String> = errs.iter().map(|(a, b)| format!("{a}: {b}")).collect();
+    let all = all.join("\n");
+    for needle in [
+        "$.routes[0].response.fields[0].match: '$.*[*]' names no member",
+        "$.routes[0].response.fields[2].path: '$[\"ſsn\"]' is classified twice (as '$.SSN', under case-insensitive matching)",
+        "$.routes[0].response.fields[3].path: bad field path: '$..*': '..' must be followed by a member name",
+        "$.routes[0].response.fields[4].path: '$.ssn' is classified twice (as '$.SSN'",
+    ] {
+        assert!(all.contains(needle), "missing «{needle}» in:\n{all}");
+    }
+}

@@ -17,9 +17,19 @@
 //! that length, the copy cursor rewinds, and the member/element is removed like any
 //! other (with the same comma rule), which may leave its parent an empty shell in
 //! turn. Its input has been validated all the same; nothing is read twice.
+//!
+//! Keys: a key is scanned once, noting escapes and control characters; it is
+//! unescaped only when escaped and needed, and folded only when the exact lookup
+//! misses in a state that has case-insensitive names. A member whose name has a
+//! control character is removed before any rule is looked at. A value released
+//! whole is skipped, and the skip notes control characters in the names inside it:
+//! only then does the cursor go back and walk that value (releasing it member by
+//! member, those names removed, every container inside it walked), so such a name
+//! is never released and the common case reads nothing twice.
 
+use super::fold::fold_into;
 use super::jwe::Session;
-use super::plan::{FieldAction, Plan, ROOT, StateId, Unclassified};
+use super::plan::{ControlKeys, FieldAction, Plan, ROOT, StateId, Unclassified};
 use super::syntax::{BOM, Cursor, Kind, unescape};
 use super::transform::{self, Unfit, Value};
 use super::{Limits, RedactContext, RedactError, Redacted, Report};
@@ -41,6 +51,9 @@ struct Frame {
     /// Set when this container is a shell: it is dropped if it closes with
     /// `emitted` still false.
     shell: Option<Shell>,
+    /// Released whole, but walked because a member name inside it has a control
+    /// character: containers inside it are walked too, not skipped.
+    walk: bool,
 }
 
 /// Where a shell's member/element began, to undo it if nothing inside it is released.
@@ -75,6 +88,7 @@ struct Walker<'p, 'b, 'c, 'k> {
     stack: Vec<Frame>,
     skip_stack: Vec<u8>,
     key: String,
+    folded: String,
     text: String,
     replacement: Vec<u8>,
     session: Option<Session>,
@@ -104,6 +118,7 @@ pub(crate) fn redact(
         stack: Vec::new(),
         skip_stack: Vec::new(),
         key: String::new(),
+        folded: String::new(),
         text: String::new(),
         replacement: Vec::new(),
         session: None,
@@ -121,7 +136,7 @@ impl Walker<'_, '_, '_, '_> {
         match self.cur.kind()? {
             kind @ (Kind::Object | Kind::Array) => {
                 // The root container is always kept as a container (never a shell).
-                self.descend(kind, ROOT, self.plan.unclassified(), None, None)?;
+                self.descend(kind, ROOT, self.plan.unclassified(), None, None, false)?;
             }
             kind => {
                 let start = self.cur.pos();
@@ -185,6 +200,7 @@ impl Walker<'_, '_, '_, '_> {
             return Err(self.cur.invalid());
         };
         let (close, default, default_rule) = (top.close, top.default, top.default_rule);
+        let walking = top.walk;
         let state = plan.state(top.state);
         let item_start = self.cur.pos();
         self.cur.skip_ws();
@@ -193,23 +209,35 @@ impl Walker<'_, '_, '_, '_> {
                 return Err(self.cur.invalid());
             }
             let key_start = self.cur.pos().saturating_add(1);
-            let escaped = self.cur.string()?;
+            let scan = self.cur.key()?;
             let key_end = self.cur.pos().saturating_sub(1);
-            let child = if !state.needs_key() {
-                state.member(b"")
-            } else {
-                let raw = self.body.get(key_start..key_end).unwrap_or_default();
-                if escaped {
-                    unescape(raw, &mut self.key)?;
-                    state.member(self.key.as_bytes())
-                } else {
-                    state.member(raw)
-                }
-            };
             self.cur.skip_ws();
             self.cur.expect(b':')?;
             self.cur.skip_ws();
-            child
+            if scan.control {
+                return self.control_key(item_start, key_start.saturating_sub(1));
+            }
+            if !state.needs_key() {
+                state.other_member()
+            } else {
+                let raw = self.body.get(key_start..key_end).unwrap_or_default();
+                let key = if scan.escaped {
+                    unescape(raw, &mut self.key)?;
+                    self.key.as_bytes()
+                } else {
+                    raw
+                };
+                match state.member_exact(key) {
+                    Some(next) => next,
+                    None if state.folds() => {
+                        let text = std::str::from_utf8(key)
+                            .map_err(|_| RedactError::InvalidUtf8 { offset: key_start })?;
+                        fold_into(text, &mut self.folded);
+                        state.member_folded(self.folded.as_bytes())
+                    }
+                    None => state.other_member(),
+                }
+            }
         } else {
             state.element()
         };
@@ -226,11 +254,17 @@ impl Walker<'_, '_, '_, '_> {
             if live {
                 // Under a removing scope it is kept only for what is below it.
                 let shell = (default == Unclassified::Remove).then_some(item_start);
-                self.descend(kind, child, default, default_rule, shell)?;
+                self.descend(kind, child, default, default_rule, shell, false)?;
                 return Ok(Next::Open);
             }
-            self.cur
-                .skip_value(depth, self.max_depth, &mut self.skip_stack)?;
+            if default == Unclassified::Keep {
+                if self.skip_released(kind, value_start, child, default_rule, walking)? {
+                    return Ok(Next::Open);
+                }
+            } else {
+                self.cur
+                    .skip_value(depth, self.max_depth, &mut self.skip_stack)?;
+            }
             if let Some(rule) = default_rule {
                 self.report.matched(rule);
             }
@@ -262,13 +296,14 @@ impl Walker<'_, '_, '_, '_> {
                 } else {
                     (Unclassified::Remove, Some(item_start))
                 };
-                self.descend(kind, child, default, Some(rule), shell)?;
+                self.descend(kind, child, default, Some(rule), shell, false)?;
                 Ok(Next::Open)
             }
             FieldAction::Keep => {
                 self.report.actions.kept += 1;
-                self.cur
-                    .skip_value(depth, self.max_depth, &mut self.skip_stack)?;
+                if self.skip_released(kind, value_start, child, Some(rule), walking)? {
+                    return Ok(Next::Open);
+                }
                 Ok(self.kept())
             }
             FieldAction::Remove => {
@@ -295,6 +330,53 @@ impl Walker<'_, '_, '_, '_> {
         }
     }
 
+    /// A member whose name has a control character, with the cursor at its value:
+    /// removed whatever classifies it, or the body refused (see `ControlKeys`).
+    fn control_key(&mut self, item_start: usize, key_at: usize) -> Result<Next, RedactError> {
+        if self.plan.control_keys() == ControlKeys::Withhold {
+            return Err(RedactError::ControlKey { offset: key_at });
+        }
+        let depth = self.stack.len();
+        self.cur
+            .skip_value(depth, self.max_depth, &mut self.skip_stack)?;
+        self.report.control_keys_removed = self.report.control_keys_removed.saturating_add(1);
+        self.remove(item_start)
+    }
+
+    /// Skips a value that is released as it is, unless a member name inside it has a
+    /// control character: then the cursor goes back and the container is walked
+    /// instead (released member by member, those names removed). True when it was
+    /// opened to be walked. Inside a walked container, containers are walked at once.
+    #[inline(always)]
+    fn skip_released(
+        &mut self,
+        kind: Kind,
+        value_start: usize,
+        state: StateId,
+        rule: Option<u32>,
+        walking: bool,
+    ) -> Result<bool, RedactError> {
+        let container = matches!(kind, Kind::Object | Kind::Array);
+        if !(walking && container) {
+            let depth = self.stack.len();
+            let control = self
+                .cur
+                .skip_value(depth, self.max_depth, &mut self.skip_stack)?;
+            if !control {
+                return Ok(false);
+            }
+            self.cur.rewind(value_start);
+        }
+        self.walk(kind, state, rule)?;
+        Ok(true)
+    }
+
+    /// Opens a released container to walk it (see [`Walker::skip_released`]).
+    #[inline(never)]
+    fn walk(&mut self, kind: Kind, state: StateId, rule: Option<u32>) -> Result<(), RedactError> {
+        self.descend(kind, state, Unclassified::Keep, rule, None, true)
+    }
+
     /// Opens a container whose members are classified. It stays in the output,
     /// unless it is a shell (`shell` is the start of its member/element) that closes
     /// with nothing written inside it.
@@ -305,6 +387,7 @@ impl Walker<'_, '_, '_, '_> {
         default: Unclassified,
         default_rule: Option<u32>,
         shell: Option<usize>,
+        walk: bool,
     ) -> Result<(), RedactError> {
         if self.stack.len() >= self.max_depth {
             return Err(RedactError::TooDeep);
@@ -328,6 +411,7 @@ impl Walker<'_, '_, '_, '_> {
             emitted: false,
             comma: 0,
             shell,
+            walk,
         });
         self.cur.bump();
         Ok(())

@@ -15,10 +15,15 @@
 //! # What a plan does
 //! A [`Plan`] is built once from `(FieldPath, FieldAction)` rules and an
 //! [`Unclassified`] default. For every object member (matched by its *unescaped* key:
-//! `"s\u0073n"` is `ssn`) and every array element (the step `[*]`):
-//! - the most specific rule whose path matches that exact location applies its
-//!   action (a literal name beats `.*`/`[*]` at the first step where two paths
-//!   differ);
+//! `"s\u0073n"` is `ssn`; by the key's case fold where a path ignores case, so
+//! `"\u017Fsn"` is `ssn` there too) and every array element (the step `[*]`):
+//! - a member whose name contains a control character is removed (or the body
+//!   refused), whatever would classify it: see [`ControlKeys`];
+//! - the rule whose path matches that exact location and takes precedence applies
+//!   its action (a literal name beats `.*`/`[*]` at the first step where two
+//!   explicit paths differ; `..name` paths, which match at any depth, rank after
+//!   explicit paths that name the member, and the strictest of them wins: see
+//!   [`Plan`]);
 //! - with no rule there, but rules that can match inside the value, the container
 //!   is kept and its members/elements are classified in turn (unless it is a shell
 //!   that ends empty: see below);
@@ -50,7 +55,9 @@
 //!   leave them empty.
 //!
 //! Every occurrence of a duplicate key is handled by the same rule (there is no "last
-//! one wins" to hide behind); whether a shell is removed is decided per occurrence.
+//! one wins" to hide behind), and so is every spelling of a key that a
+//! case-insensitive path matches; whether a shell is removed is decided per
+//! occurrence.
 //! Removing members keeps the output valid JSON (commas follow the removal, down to
 //! `{}`); the root container itself is never removed (a document all of whose members
 //! are removed becomes `{}` or `[]`), and a scalar document under
@@ -63,7 +70,8 @@
 //! # Refused (the whole body: the caller withholds the response)
 //! Invalid JSON, invalid UTF-8 or a lone surrogate escape, a byte-order mark, bytes
 //! after the value, nesting deeper than `max_depth`, a body larger than `max_bytes`,
-//! a missing pseudonymisation key or recipient, an unusable random source. Each is a
+//! a missing pseudonymisation key or recipient, an unusable random source, and, when
+//! the plan says so, a member name with a control character. Each is a
 //! [`RedactError`]; none says anything about the body's content beyond an offset.
 //!
 //! # Fails closed (the value only)
@@ -77,6 +85,7 @@
 //! holds a value.
 
 mod engine;
+mod fold;
 mod jwe;
 mod path;
 mod plan;
@@ -85,11 +94,12 @@ mod transform;
 
 use std::fmt;
 
+pub use fold::fold;
 pub use jwe::{KeyError, MIN_SECRET_LEN, RecipientKey};
 pub use path::{FieldPath, PathError, PathStep};
 pub use plan::{
-    FieldAction, Generalisation, HashEncoding, MAX_STATES, Plan, PlanError, Unclassified,
-    valid_key_id,
+    ControlKeys, FieldAction, Generalisation, HashEncoding, MAX_STATES, Plan, PlanError,
+    Unclassified, valid_key_id,
 };
 
 /// Size and nesting limits for one body.
@@ -190,6 +200,9 @@ pub struct Report {
     /// only, not in `actions.removed` or `unclassified_removed`; what was removed
     /// inside them counts as usual.
     pub shells_pruned: u64,
+    /// Members removed because their names contain a control character (see
+    /// [`ControlKeys`]), whatever classified them; they count here only.
+    pub control_keys_removed: u64,
 }
 
 /// How often one rule matched, and how often its action did not fit and the value
@@ -266,6 +279,9 @@ pub enum RedactError {
     /// The random source gave no valid P-256 scalar in several draws, or repeated an
     /// IV within one body.
     RandomFailure,
+    /// An object member's name at this byte offset contains a control character, and
+    /// the plan withholds such bodies ([`ControlKeys::Withhold`]).
+    ControlKey { offset: usize },
 }
 
 impl fmt::Display for RedactError {
@@ -279,6 +295,9 @@ impl fmt::Display for RedactError {
             RedactError::MissingKey => f.write_str("a key the plan needs is not configured"),
             RedactError::InvalidGrantee => f.write_str("the grantee contains a NUL byte"),
             RedactError::RandomFailure => f.write_str("the random source is unusable"),
+            RedactError::ControlKey { offset } => {
+                write!(f, "a member name at byte {offset} has a control character")
+            }
         }
     }
 }

@@ -1,9 +1,19 @@
 //! A plan: classifications compiled once into a small deterministic automaton over
-//! path steps, so the pass looks up each key once (a binary search) and never
-//! re-walks the rule list.
+//! path steps, so the pass looks up each key once (a hash probe) and never re-walks
+//! the rule list.
+//!
+//! The paths form a trie (a nondeterministic automaton: `.*` and `[*]` edges, and for
+//! `..name` a node that loops on every step before its name), and subset
+//! construction turns it into one deterministic state per set of trie nodes that can
+//! match one location. A state looks a member up by its exact name first; only a
+//! state that case-insensitive names lead from folds the name and looks again, so a
+//! plan without them costs what it did before they existed. Likewise only the states
+//! inside a `..` loop are live everywhere below them.
 
+use std::cmp::Ordering;
 use std::fmt;
 
+use super::fold::fold;
 use super::path::{FieldPath, PathStep};
 
 /// What to do with a value at a classified location.
@@ -77,6 +87,21 @@ pub enum Unclassified {
     Keep,
 }
 
+/// What the pass does with an object member whose name contains a control character
+/// (Unicode category Cc: U+0000 to U+001F, U+007F to U+009F, written raw or escaped).
+/// Consumers disagree about such names (C strings end at U+0000, so `"ssn\u0000x"`
+/// can bind to `ssn`), so such a member is never released, whatever would classify
+/// it: no path can name it (paths refuse control characters), and released by a
+/// wildcard or a default it could stand in for a field classified elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ControlKeys {
+    /// Drop the member (and count it in `Report::control_keys_removed`).
+    #[default]
+    Remove,
+    /// Refuse the whole body ([`super::RedactError::ControlKey`]).
+    Withhold,
+}
+
 /// Why a plan could not be built. Indexes are positions in the rule list given to
 /// [`Plan::build`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,38 +151,28 @@ pub(crate) type StateId = u32;
 pub(crate) const DEAD: StateId = 0;
 pub(crate) const ROOT: StateId = 1;
 
+/// Member names and the state each leads to, with an open-addressing index by
+/// [`key_hash`].
 #[derive(Debug, Clone, Default)]
-pub(crate) struct State {
-    /// Literal member names and where each leads.
-    members: Vec<(Box<[u8]>, StateId)>,
-    /// Open-addressing index into `members` by [`key_hash`] (entries are index + 1,
-    /// 0 is empty; the length is a power of two, at least twice the members).
+pub(crate) struct Names {
+    entries: Vec<(Box<[u8]>, StateId)>,
+    /// Entries are index + 1, 0 is empty; the length is a power of two, at least
+    /// twice the entries.
     index: Vec<u32>,
-    /// Where a member not in `members` leads (through `.*` steps only).
-    other_member: StateId,
-    /// Where an array element leads.
-    element: StateId,
-    /// The rule that classifies this exact location (the most specific one).
-    pub(crate) rule: Option<u32>,
 }
 
-impl State {
-    /// True when some classification may match a member of an object here.
-    pub(crate) fn object_live(&self) -> bool {
-        !self.members.is_empty() || self.other_member != DEAD
+impl Names {
+    const EMPTY: Names = Names {
+        entries: Vec::new(),
+        index: Vec::new(),
+    };
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
-    /// True when some classification may match an element of an array here.
-    pub(crate) fn array_live(&self) -> bool {
-        self.element != DEAD
-    }
-
-    /// True when no literal name needs the member's key to pick the next state.
-    pub(crate) fn needs_key(&self) -> bool {
-        !self.members.is_empty()
-    }
-
-    pub(crate) fn member(&self, key: &[u8]) -> StateId {
+    #[inline]
+    fn get(&self, key: &[u8]) -> Option<StateId> {
         let mask = self.index.len().wrapping_sub(1);
         let mut slot = key_hash(key) & mask;
         // The table is never full, so an empty slot ends every probe sequence.
@@ -167,28 +182,28 @@ impl State {
                 Some(entry) => {
                     let found = usize::try_from(entry - 1)
                         .ok()
-                        .and_then(|i| self.members.get(i))
+                        .and_then(|i| self.entries.get(i))
                         .filter(|(name, _)| name.as_ref() == key);
                     if let Some((_, to)) = found {
-                        return *to;
+                        return Some(*to);
                     }
                 }
             }
             slot = slot.wrapping_add(1) & mask;
         }
-        self.other_member
+        None
     }
 
     fn build_index(&mut self) {
         let size = self
-            .members
+            .entries
             .len()
             .saturating_mul(2)
             .next_power_of_two()
             .max(2);
         self.index = vec![0; size];
         let mask = size - 1;
-        for (i, (name, _)) in self.members.iter().enumerate() {
+        for (i, (name, _)) in self.entries.iter().enumerate() {
             let mut slot = key_hash(name) & mask;
             while self.index.get(slot).is_some_and(|&e| e != 0) {
                 slot = slot.wrapping_add(1) & mask;
@@ -197,6 +212,66 @@ impl State {
                 *e = v;
             }
         }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct State {
+    /// Member names matched exactly. Each entry's state includes what the name's
+    /// fold leads to in `folded`: an exact hit needs no second lookup.
+    exact: Names,
+    /// Case folds of names matched case-insensitively (names not in `exact`).
+    folded: Names,
+    /// Where a member in neither table leads (through `.*` steps and `..` loops).
+    other_member: StateId,
+    /// Where an array element leads.
+    element: StateId,
+    /// The rule that classifies this exact location (the one that takes precedence).
+    pub(crate) rule: Option<u32>,
+}
+
+impl State {
+    /// True when some classification may match a member of an object here.
+    pub(crate) fn object_live(&self) -> bool {
+        !self.exact.is_empty() || !self.folded.is_empty() || self.other_member != DEAD
+    }
+
+    /// True when some classification may match an element of an array here.
+    pub(crate) fn array_live(&self) -> bool {
+        self.element != DEAD
+    }
+
+    /// True when the member's name is needed to pick the next state.
+    pub(crate) fn needs_key(&self) -> bool {
+        !self.exact.is_empty() || !self.folded.is_empty()
+    }
+
+    /// True when a name missing from the exact table must be folded and looked up
+    /// again ([`State::member_folded`]).
+    pub(crate) fn folds(&self) -> bool {
+        !self.folded.is_empty()
+    }
+
+    /// The next state for a member of this exact name, if the name is listed.
+    pub(crate) fn member_exact(&self, key: &[u8]) -> Option<StateId> {
+        self.exact.get(key)
+    }
+
+    /// The next state for a member whose name is not listed exactly and folds to
+    /// `folded`.
+    pub(crate) fn member_folded(&self, folded: &[u8]) -> StateId {
+        self.folded.get(folded).unwrap_or(self.other_member)
+    }
+
+    /// The next state for a member whose name is neither listed nor folded.
+    pub(crate) fn other_member(&self) -> StateId {
+        self.other_member
+    }
+
+    /// The next state for a member of this name, in a state that does not fold.
+    #[cfg(test)]
+    pub(crate) fn member(&self, key: &[u8]) -> StateId {
+        self.exact.get(key).unwrap_or(self.other_member)
     }
 
     pub(crate) fn element(&self) -> StateId {
@@ -208,11 +283,28 @@ impl State {
 /// [`Plan::build`]; cheap to share.
 ///
 /// Semantics (the pass applies them to every member and every array element):
-/// - A location is classified by the rule whose path matches it exactly. When several
-///   do, the most specific wins: comparing the paths step by step, at the first step
-///   where they differ a literal name beats a wildcard. Identical paths with
-///   different actions are refused ([`PlanError::Conflict`]); identical paths with the
-///   same action count as the first of them.
+/// - A location is classified by a rule whose path matches it exactly: `.name`
+///   matches a member by its unescaped name (by its case fold for
+///   [`FieldPath::any_case`] paths), `.*` any member, `[*]` any element, and `..name`
+///   any number of steps (none included) and then the member `name`, so `$..ssn`
+///   matches `ssn` at every depth, inside objects and arrays.
+/// - When several rules match one location, one takes precedence:
+///   1. Explicit paths (without `..`) compare step by step: at the first step where
+///      they differ, a name beats a wildcard (`$.a.*` beats `$.*.b` at `$.a.b`).
+///   2. An explicit path beats an any-depth path, unless it is all wildcards before
+///      its last step and its last step is a wildcard where the any-depth path's
+///      names the member (`$..ssn` beats `$.*` and `$.*.*`, never `$.a.*`, `$.*.ssn`
+///      or `$.patient.ssn`). (Read `..ssn` as wildcards up to a literal last step,
+///      and rule 1 decides.) So an explicit path is how one occurrence is released
+///      from what an any-depth path does everywhere else.
+///   3. Between any-depth paths (and paths rules 1 and 2 leave equal, which only
+///      case-insensitive names can make), the one naming the member with its last
+///      step, then the **strictest** action: remove, pseudonymise, mask (fewer kept
+///      characters first), generalise (year, then year and month, then wider
+///      buckets first), hash, encrypt, keep; then the rule listed first.
+/// - Identical paths with different actions are refused ([`PlanError::Conflict`]);
+///   identical paths with the same action count as the first of them. (Two
+///   case-insensitive names with the same fold are identical.)
 /// - A container with no rule of its own but with rules that can match below it is
 ///   kept (as a container) and the pass descends into it; its members and elements
 ///   are classified in turn.
@@ -232,16 +324,42 @@ impl State {
 pub struct Plan {
     rules: Vec<(FieldPath, FieldAction)>,
     unclassified: Unclassified,
+    control_keys: ControlKeys,
     states: Vec<State>,
 }
 
 #[derive(Default)]
 struct TrieNode {
-    /// Sorted by name.
+    /// Exact names, sorted.
     members: Vec<(String, usize)>,
+    /// Folds of case-insensitive names, sorted.
+    folded: Vec<(String, usize)>,
     any_member: Option<usize>,
     any_element: Option<usize>,
+    /// The `..` node below this one: it loops on every member and element, and the
+    /// names after `..` lead from it. Every set holding this node holds it too (the
+    /// loop may take no step).
+    descendant: Option<usize>,
     rule: Option<usize>,
+}
+
+/// Inserts `name` into a sorted edge list, or finds it; `next` is the node a new edge
+/// leads to.
+fn edge(list: &mut Vec<(String, usize)>, name: &str, next: usize) -> usize {
+    match list.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+        Ok(i) => list.get(i).map_or(next, |m| m.1),
+        Err(i) => {
+            list.insert(i, (name.to_owned(), next));
+            next
+        }
+    }
+}
+
+fn lookup(list: &[(String, usize)], name: &str) -> Option<usize> {
+    list.binary_search_by(|(n, _)| n.as_str().cmp(name))
+        .ok()
+        .and_then(|i| list.get(i))
+        .map(|m| m.1)
 }
 
 impl Plan {
@@ -251,7 +369,8 @@ impl Plan {
         rules: Vec<(FieldPath, FieldAction)>,
         unclassified: Unclassified,
     ) -> Result<Plan, PlanError> {
-        // 1. A trie of the paths; identical paths meet at one node.
+        // 1. A trie of the paths; identical paths (names compared by their folds where
+        //    they ignore case) meet at one node.
         let mut trie = vec![TrieNode::default()];
         for (index, (path, action)) in rules.iter().enumerate() {
             check_action(index, action)?;
@@ -260,25 +379,20 @@ impl Plan {
             }
             let mut node = 0usize;
             for step in &path.0 {
+                if step.is_descendant() {
+                    node = descendant_of(&mut trie, node)?;
+                }
                 let next = trie.len();
-                let slot = {
-                    let current = trie.get_mut(node).ok_or(PlanError::TooComplex)?;
-                    match step {
-                        PathStep::Member(name) => {
-                            match current
-                                .members
-                                .binary_search_by(|(n, _)| n.as_str().cmp(name))
-                            {
-                                Ok(i) => current.members.get(i).map_or(next, |m| m.1),
-                                Err(i) => {
-                                    current.members.insert(i, (name.clone(), next));
-                                    next
-                                }
-                            }
-                        }
-                        PathStep::AnyMember => *current.any_member.get_or_insert(next),
-                        PathStep::AnyElement => *current.any_element.get_or_insert(next),
+                let current = trie.get_mut(node).ok_or(PlanError::TooComplex)?;
+                let slot = match step {
+                    PathStep::Member(name) | PathStep::Descendant(name) => {
+                        edge(&mut current.members, name, next)
                     }
+                    PathStep::MemberAnyCase(name) | PathStep::DescendantAnyCase(name) => {
+                        edge(&mut current.folded, &fold(name), next)
+                    }
+                    PathStep::AnyMember => *current.any_member.get_or_insert(next),
+                    PathStep::AnyElement => *current.any_element.get_or_insert(next),
                 };
                 if slot == next {
                     trie.push(TrieNode::default());
@@ -305,39 +419,64 @@ impl Plan {
         //    vectors rather than maps and sorts: this runs once, and the .wasm stays
         //    smaller.)
         let mut states = vec![State::default(), State::default()];
-        let mut ids: Vec<(Vec<usize>, StateId)> = vec![(Vec::new(), DEAD), (vec![0], ROOT)];
-        let mut queue = vec![(vec![0usize], ROOT)];
+        let mut ids: Vec<(Vec<usize>, StateId)> = vec![(Vec::new(), DEAD)];
+        let mut queue = Vec::new();
+        // The first state made is the root's (`ROOT`).
+        intern([0usize].into_iter(), &trie, &mut ids, &mut queue)?;
         while let Some((set, id)) = queue.pop() {
             let nodes: Vec<&TrieNode> = set.iter().filter_map(|&n| trie.get(n)).collect();
+            let others: Vec<usize> = nodes.iter().filter_map(|n| n.any_member).collect();
+            let mut state = State {
+                rule: precedent(&nodes, &rules),
+                ..State::default()
+            };
+            // Case-insensitive names: by fold, what they lead to besides `.*`.
+            let mut folds: Vec<(&str, Vec<usize>)> = Vec::new();
+            for (name, to) in nodes.iter().flat_map(|n| n.folded.iter()) {
+                match folds.binary_search_by(|(f, _)| (*f).cmp(name.as_str())) {
+                    Ok(i) => {
+                        if let Some((_, targets)) = folds.get_mut(i) {
+                            targets.push(*to);
+                        }
+                    }
+                    Err(i) => folds.insert(i, (name.as_str(), vec![*to])),
+                }
+            }
             let mut names: Vec<&str> = Vec::new();
             for (name, _) in nodes.iter().flat_map(|n| n.members.iter()) {
                 if let Err(i) = names.binary_search(&name.as_str()) {
                     names.insert(i, name);
                 }
             }
-            let others: Vec<usize> = nodes.iter().filter_map(|n| n.any_member).collect();
-            let mut state = State {
-                rule: most_specific(&nodes, &rules),
-                ..State::default()
-            };
             for name in names {
+                // An exact name also matches the case-insensitive names it folds to.
+                let folded = if folds.is_empty() {
+                    None
+                } else {
+                    let key = fold(name);
+                    folds
+                        .binary_search_by(|(f, _)| (*f).cmp(key.as_str()))
+                        .ok()
+                        .and_then(|i| folds.get(i))
+                };
                 let target = nodes
                     .iter()
-                    .filter_map(|n| {
-                        n.members
-                            .binary_search_by(|(m, _)| m.as_str().cmp(name))
-                            .ok()
-                            .and_then(|i| n.members.get(i))
-                            .map(|m| m.1)
-                    })
+                    .filter_map(|n| lookup(&n.members, name))
+                    .chain(folded.into_iter().flat_map(|(_, t)| t.iter().copied()))
                     .chain(others.iter().copied());
-                let to = intern(target, &mut ids, &mut queue)?;
-                state.members.push((name.as_bytes().into(), to));
+                let to = intern(target, &trie, &mut ids, &mut queue)?;
+                state.exact.entries.push((name.as_bytes().into(), to));
             }
-            state.build_index();
-            state.other_member = intern(others.iter().copied(), &mut ids, &mut queue)?;
+            for (name, targets) in &folds {
+                let target = targets.iter().copied().chain(others.iter().copied());
+                let to = intern(target, &trie, &mut ids, &mut queue)?;
+                state.folded.entries.push((name.as_bytes().into(), to));
+            }
+            state.exact.build_index();
+            state.folded.build_index();
+            state.other_member = intern(others.iter().copied(), &trie, &mut ids, &mut queue)?;
             let element = nodes.iter().filter_map(|n| n.any_element);
-            state.element = intern(element, &mut ids, &mut queue)?;
+            state.element = intern(element, &trie, &mut ids, &mut queue)?;
             let slot = usize::try_from(id).map_err(|_| PlanError::TooComplex)?;
             if states.len() <= slot {
                 states.resize_with(slot + 1, State::default);
@@ -349,8 +488,21 @@ impl Plan {
         Ok(Plan {
             rules,
             unclassified,
+            control_keys: ControlKeys::Remove,
             states,
         })
+    }
+
+    /// The same plan with another treatment of member names that contain control
+    /// characters (the default removes such members).
+    pub fn with_control_keys(mut self, control_keys: ControlKeys) -> Plan {
+        self.control_keys = control_keys;
+        self
+    }
+
+    /// What the pass does with member names that contain control characters.
+    pub fn control_keys(&self) -> ControlKeys {
+        self.control_keys
     }
 
     /// The classifications, in the order given (the report's rule indexes).
@@ -381,8 +533,8 @@ impl Plan {
 
     pub(crate) fn state(&self, id: StateId) -> &State {
         static DEAD_STATE: State = State {
-            members: Vec::new(),
-            index: Vec::new(),
+            exact: Names::EMPTY,
+            folded: Names::EMPTY,
             other_member: DEAD,
             element: DEAD,
             rule: None,
@@ -438,21 +590,27 @@ pub fn valid_key_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// The state of a set of trie nodes (with the `..` nodes below them: a loop may take
+/// no step), made and queued when new.
 fn intern(
     nodes: impl Iterator<Item = usize>,
+    trie: &[TrieNode],
     ids: &mut Vec<(Vec<usize>, StateId)>,
     queue: &mut Vec<(Vec<usize>, StateId)>,
 ) -> Result<StateId, PlanError> {
     let mut set: Vec<usize> = Vec::new();
+    let descendants = |n: usize| trie.get(n).and_then(|t| t.descendant);
     for n in nodes {
-        if let Err(i) = set.binary_search(&n) {
-            set.insert(i, n);
+        for m in std::iter::once(n).chain(descendants(n)) {
+            if let Err(i) = set.binary_search(&m) {
+                set.insert(i, m);
+            }
         }
     }
     match ids.binary_search_by(|(s, _)| s.as_slice().cmp(&set)) {
         Ok(i) => Ok(ids.get(i).map_or(DEAD, |e| e.1)),
         Err(i) => {
-            // State 0 (dead) and 1 (root) are in `ids` too.
+            // State 0 (dead) is in `ids` too.
             if ids.len() >= MAX_STATES {
                 return Err(PlanError::TooComplex);
             }
@@ -464,37 +622,107 @@ fn intern(
     }
 }
 
-/// Among the rules ending at these nodes (all match one location), the one whose path
-/// has a literal where the others have a wildcard at the first differing step.
-fn most_specific(nodes: &[&TrieNode], rules: &[(FieldPath, FieldAction)]) -> Option<u32> {
+/// The `..` node below `node`, made when missing: it loops on every member and element.
+fn descendant_of(trie: &mut Vec<TrieNode>, node: usize) -> Result<usize, PlanError> {
+    let next = trie.len();
+    let current = trie.get_mut(node).ok_or(PlanError::TooComplex)?;
+    let target = *current.descendant.get_or_insert(next);
+    if target == next {
+        trie.push(TrieNode {
+            any_member: Some(next),
+            any_element: Some(next),
+            ..TrieNode::default()
+        });
+    }
+    Ok(target)
+}
+
+/// Among the rules ending at these nodes (all match one location), the one that
+/// takes precedence (see [`Plan`]).
+fn precedent(nodes: &[&TrieNode], rules: &[(FieldPath, FieldAction)]) -> Option<u32> {
     let mut best: Option<usize> = None;
     for index in nodes.iter().filter_map(|n| n.rule) {
         best = match best {
-            None => Some(index),
-            Some(b) => {
-                let (Some((pb, _)), Some((pi, _))) = (rules.get(b), rules.get(index)) else {
-                    continue;
-                };
-                if more_specific(pi, pb) {
-                    Some(index)
-                } else {
-                    Some(b)
-                }
-            }
+            Some(b) if !takes_precedence(index, b, rules) => Some(b),
+            _ => Some(index),
         };
     }
     best.and_then(|i| u32::try_from(i).ok())
 }
 
-fn more_specific(a: &FieldPath, b: &FieldPath) -> bool {
-    for (x, y) in a.0.iter().zip(&b.0) {
-        match (x.is_wildcard(), y.is_wildcard()) {
-            (false, true) => return true,
-            (true, false) => return false,
-            _ => {}
+/// Whether rule `a` takes precedence over rule `b` where both match. A strict total
+/// order: each path reads as one literal-or-wildcard flag per step of the location
+/// (an any-depth path as wildcards up to its last step, which is literal when it
+/// names a member), and the first step where the flags differ decides for the
+/// literal; then an explicit path beats an any-depth one, then the stricter action,
+/// then the earlier rule.
+fn takes_precedence(a: usize, b: usize, rules: &[(FieldPath, FieldAction)]) -> bool {
+    let (Some((pa, xa)), Some((pb, xb))) = (rules.get(a), rules.get(b)) else {
+        return false;
+    };
+    let (deep_a, deep_b) = (pa.is_any_depth(), pb.is_any_depth());
+    let by_steps = match (deep_a, deep_b) {
+        (false, false) => {
+            pa.0.iter()
+                .zip(&pb.0)
+                .map(|(x, y)| literal(x).cmp(&literal(y)))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
         }
+        (false, true) => explicit_against_any_depth(pa, pb),
+        (true, false) => explicit_against_any_depth(pb, pa).reverse(),
+        (true, true) => last_literal(pa).cmp(&last_literal(pb)),
+    };
+    by_steps
+        .then(deep_b.cmp(&deep_a))
+        .then(strictness(xb).cmp(&strictness(xa)))
+        .then(b.cmp(&a))
+        == Ordering::Greater
+}
+
+fn literal(step: &PathStep) -> bool {
+    !step.is_wildcard()
+}
+
+fn last_literal(path: &FieldPath) -> bool {
+    path.0.last().is_some_and(literal)
+}
+
+/// An explicit path against an any-depth one at a location as deep as the explicit
+/// path: a literal before its last step wins at once; otherwise the last steps decide.
+fn explicit_against_any_depth(explicit: &FieldPath, any_depth: &FieldPath) -> Ordering {
+    let head = explicit.0.len().saturating_sub(1);
+    if explicit.0.iter().take(head).any(literal) {
+        return Ordering::Greater;
     }
-    false
+    last_literal(explicit).cmp(&last_literal(any_depth))
+}
+
+/// Smaller is stricter: what the action lets the recipient learn of the value. A hash
+/// ranks after mask and generalise: the short values personal data has (an SSN, a
+/// date) are found again from an unkeyed hash by trying them all.
+fn strictness(action: &FieldAction) -> (u8, u64, u64) {
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    match action {
+        FieldAction::Remove => (0, 0, 0),
+        FieldAction::Pseudonymise { .. } => (1, 0, 0),
+        FieldAction::Mask {
+            keep_first,
+            keep_last,
+            keep_separators,
+            ..
+        } => (
+            2,
+            n(*keep_first).saturating_add(n(*keep_last)),
+            u64::from(*keep_separators),
+        ),
+        FieldAction::Generalise(Generalisation::DateToYear) => (3, 0, 0),
+        FieldAction::Generalise(Generalisation::DateToYearMonth) => (3, 1, 0),
+        FieldAction::Generalise(Generalisation::NumberBucket { width }) => (3, 2, u64::MAX - width),
+        FieldAction::Hash { .. } => (4, 0, 0),
+        FieldAction::Encrypt => (5, 0, 0),
+        FieldAction::Keep => (6, 0, 0),
+    }
 }
 
 #[cfg(test)]
@@ -595,6 +823,35 @@ mod tests {
         let l = p.state(walk(&p, &["l"]));
         assert!(!l.object_live() && l.array_live());
         assert!(!p.state(ROOT).array_live());
+    }
+
+    #[test]
+    fn any_depth_loops_stay_small_and_their_explosion_is_bounded() {
+        // One loop for many names: a state per name, plus the root and the loop.
+        let rules: Vec<_> = (0..200)
+            .map(|i| {
+                let path = FieldPath(vec![PathStep::Descendant(format!("n{i}"))]);
+                (path, FieldAction::Remove)
+            })
+            .collect();
+        let p = Plan::build(rules, Unclassified::Keep).unwrap();
+        assert!(p.states.len() <= 203, "{}", p.states.len());
+        assert_eq!(p.state(walk(&p, &["x", "[]", "n7"])).rule, Some(7));
+        assert_eq!(p.state(walk(&p, &["n7", "n7"])).rule, Some(7));
+        // Chains of loops over overlapping names: subsets of positions, capped.
+        let names = ["a", "b", "a", "b", "a", "b", "a", "b", "a", "b", "a", "b"];
+        let mut rules = Vec::new();
+        for skip in 0..names.len() {
+            let steps = names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, n)| PathStep::DescendantAnyCase((*n).to_owned()))
+                .collect();
+            rules.push((FieldPath(steps), FieldAction::Keep));
+        }
+        let built = Plan::build(rules, Unclassified::Remove);
+        assert!(matches!(built, Ok(_) | Err(PlanError::TooComplex)));
     }
 
     #[test]

@@ -16,6 +16,16 @@ pub(crate) enum Kind {
     Literal,
 }
 
+/// What a key's scan found besides its end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KeyScan {
+    /// It has escapes (so it must be unescaped before it is compared).
+    pub(crate) escaped: bool,
+    /// It holds a control character (Unicode Cc: U+0000 to U+001F, U+007F to
+    /// U+009F), written raw or escaped.
+    pub(crate) control: bool,
+}
+
 pub(crate) struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
@@ -28,6 +38,11 @@ impl<'a> Cursor<'a> {
 
     pub(crate) fn pos(&self) -> usize {
         self.pos
+    }
+
+    /// Moves back to a position this cursor has passed (to walk a value it skipped).
+    pub(crate) fn rewind(&mut self, pos: usize) {
+        self.pos = pos.min(self.pos);
     }
 
     pub(crate) fn at_end(&self) -> bool {
@@ -114,12 +129,54 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn escape(&mut self) -> Result<(), RedactError> {
+    /// Scans an object key like [`Cursor::string`], and notes control characters in
+    /// it: raw DEL and C1 (JSON allows them unescaped) or escaped ones.
+    pub(crate) fn key(&mut self) -> Result<KeyScan, RedactError> {
+        self.expect(b'"')?;
+        let mut scan = KeyScan::default();
+        loop {
+            let at = next_stop::<true, true>(self.bytes, self.pos);
+            self.pos = at;
+            match self.bytes.get(at) {
+                Some(b'"') => {
+                    self.pos = at + 1;
+                    return Ok(scan);
+                }
+                Some(b'\\') => {
+                    scan.escaped = true;
+                    scan.control |= self.escape()?;
+                }
+                Some(0x7F) => {
+                    scan.control = true;
+                    self.pos = at + 1;
+                }
+                Some(&lead) if lead >= 0x80 => {
+                    // U+0080 to U+009F are C2 80 to C2 9F.
+                    if lead == 0xC2 && self.bytes.get(at + 1).is_some_and(|&b| b < 0xA0) {
+                        scan.control = true;
+                    }
+                    self.pos = at
+                        + utf8_len(self.bytes.get(at..).unwrap_or_default())
+                            .ok_or(RedactError::InvalidUtf8 { offset: at })?;
+                }
+                _ => return Err(self.invalid()),
+            }
+        }
+    }
+
+    /// Moves past one escape; true when it stands for a control character.
+    /// (Inlined into both scanners, as it was into the one before keys had theirs.)
+    #[inline(always)]
+    fn escape(&mut self) -> Result<bool, RedactError> {
         let start = self.pos;
         match self.bytes.get(self.pos + 1) {
-            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+            Some(b'"' | b'\\' | b'/') => {
                 self.pos += 2;
-                Ok(())
+                Ok(false)
+            }
+            Some(b'b' | b'f' | b'n' | b'r' | b't') => {
+                self.pos += 2;
+                Ok(true)
             }
             Some(b'u') => {
                 let unit = self.hex4(self.pos + 2)?;
@@ -133,13 +190,13 @@ impl<'a> Cursor<'a> {
                         };
                         if (0xDC00..=0xDFFF).contains(&low) {
                             self.pos += 6;
-                            Ok(())
+                            Ok(false)
                         } else {
                             Err(RedactError::InvalidUtf8 { offset: start })
                         }
                     }
                     0xDC00..=0xDFFF => Err(RedactError::InvalidUtf8 { offset: start }),
-                    _ => Ok(()),
+                    unit => Ok(unit < 0x20 || (0x7F..0xA0).contains(&unit)),
                 }
             }
             _ => Err(RedactError::InvalidJson { offset: start }),
@@ -219,14 +276,16 @@ impl<'a> Cursor<'a> {
     }
 
     /// Validates a whole value (any kind) starting at the cursor, whose container, if
-    /// it is one, sits at nesting level `depth + 1`. `stack` is scratch space.
+    /// it is one, sits at nesting level `depth + 1`. `stack` is scratch space. True
+    /// when a member name inside it has a control character (see [`Cursor::key`]).
     pub(crate) fn skip_value(
         &mut self,
         depth: usize,
         max_depth: usize,
         stack: &mut Vec<u8>,
-    ) -> Result<(), RedactError> {
+    ) -> Result<bool, RedactError> {
         stack.clear();
+        let mut control = false;
         'value: loop {
             // At the start of a value.
             match self.kind()? {
@@ -241,7 +300,7 @@ impl<'a> Cursor<'a> {
                             self.pos += 1;
                         } else {
                             stack.push(b'}');
-                            self.member_head()?;
+                            control |= self.member_head()?;
                             continue 'value;
                         }
                     } else if self.peek() == Some(b']') {
@@ -256,7 +315,7 @@ impl<'a> Cursor<'a> {
             // After a value: commas and closes until the next value or the end.
             loop {
                 let Some(&close) = stack.last() else {
-                    return Ok(());
+                    return Ok(control);
                 };
                 self.skip_ws();
                 match self.peek() {
@@ -264,7 +323,7 @@ impl<'a> Cursor<'a> {
                         self.pos += 1;
                         self.skip_ws();
                         if close == b'}' {
-                            self.member_head()?;
+                            control |= self.member_head()?;
                         }
                         continue 'value;
                     }
@@ -278,16 +337,17 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// `"key" ws : ws`, leaving the cursor at the member's value.
-    fn member_head(&mut self) -> Result<(), RedactError> {
+    /// `"key" ws : ws`, leaving the cursor at the member's value; true when the key
+    /// has a control character.
+    fn member_head(&mut self) -> Result<bool, RedactError> {
         if self.peek() != Some(b'"') {
             return Err(self.invalid());
         }
-        self.string()?;
+        let scan = self.key()?;
         self.skip_ws();
         self.expect(b':')?;
         self.skip_ws();
-        Ok(())
+        Ok(scan.control)
     }
 }
 
@@ -297,6 +357,11 @@ impl<'a> Cursor<'a> {
 /// (false flags only arise above a true one, from borrows), which is all this needs.
 /// The audit trail's JSON writer uses it without `NON_ASCII` to find what to escape.
 pub(crate) fn next_special<const NON_ASCII: bool>(bytes: &[u8], from: usize) -> usize {
+    next_stop::<NON_ASCII, false>(bytes, from)
+}
+
+/// [`next_special`], and with `DEL` it stops at 0x7F too (keys: see [`Cursor::key`]).
+fn next_stop<const NON_ASCII: bool, const DEL: bool>(bytes: &[u8], from: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut i = from;
@@ -310,8 +375,13 @@ pub(crate) fn next_special<const NON_ASCII: bool>(bytes: &[u8], from: usize) -> 
         let quote = quote.wrapping_sub(ONES) & !quote;
         let backslash = w ^ (ONES * u64::from(b'\\'));
         let backslash = backslash.wrapping_sub(ONES) & !backslash;
-        // `w` itself flags the non-ASCII bytes.
-        let non_ascii = if NON_ASCII { w } else { 0 };
+        // `w` itself flags the non-ASCII bytes; adding one to each byte's low seven
+        // bits (no carry leaves a byte) flags 0x7F as well.
+        let non_ascii = match (NON_ASCII, DEL) {
+            (_, true) => ((w & !HIGH).wrapping_add(ONES)) | w,
+            (true, false) => w,
+            (false, false) => 0,
+        };
         let flags = (control | quote | backslash | non_ascii) & HIGH;
         if flags != 0 {
             return i + (flags.trailing_zeros() / 8) as usize;
@@ -319,7 +389,7 @@ pub(crate) fn next_special<const NON_ASCII: bool>(bytes: &[u8], from: usize) -> 
         i += 8;
     }
     while let Some(&b) = bytes.get(i) {
-        if b < 0x20 || b == b'"' || b == b'\\' || (NON_ASCII && b >= 0x80) {
+        if b < 0x20 || b == b'"' || b == b'\\' || (NON_ASCII && b >= 0x80) || (DEL && b >= 0x7F) {
             break;
         }
         i += 1;
@@ -329,6 +399,7 @@ pub(crate) fn next_special<const NON_ASCII: bool>(bytes: &[u8], from: usize) -> 
 
 /// The length of the well-formed UTF-8 sequence at the start of `bytes` (Unicode
 /// Table 3-7: no overlongs, no surrogates, nothing above U+10FFFF), if it is one.
+#[inline(always)]
 fn utf8_len(bytes: &[u8]) -> Option<usize> {
     let cont = |i: usize, lo: u8, hi: u8| bytes.get(i).is_some_and(|b| (lo..=hi).contains(b));
     let tail = |from: usize, to: usize| (from..to).all(|i| cont(i, 0x80, 0xBF));
@@ -436,11 +507,60 @@ mod tests {
     }
 
     #[test]
+    fn skip_value_notes_control_characters_in_keys() {
+        let control = |text: &str| Cursor::new(text.as_bytes()).skip_value(0, 8, &mut Vec::new());
+        assert_eq!(control(r#"{"a":{"b":[{"c\u0000":1}]}}"#), Ok(true));
+        assert_eq!(control(r#"[1,{"x":"\u0000"},{"\u007f":2}]"#), Ok(true));
+        assert_eq!(control(r#"[1,{"x":"\u0000"}]"#), Ok(false));
+        assert_eq!(control(r#""a\u0000""#), Ok(false));
+    }
+
+    #[test]
     fn skip_value_stops_after_one_value() {
         assert_eq!(skip(r#"{"a":[1,{"b":null}],"c":"x"} tail"#, 8), Ok(28));
         assert_eq!(skip("[]", 1), Ok(2));
         assert_eq!(skip("[[]]", 1), Err(RedactError::TooDeep));
         assert_eq!(skip("-0.5e+7,", 1), Ok(7));
+    }
+
+    #[test]
+    fn keys_with_control_characters_are_noted() {
+        let scan = |text: &[u8]| Cursor::new(text).key();
+        let plain = KeyScan::default();
+        let escaped = KeyScan {
+            escaped: true,
+            control: false,
+        };
+        assert_eq!(scan(br#""ssn""#), Ok(plain));
+        assert_eq!(scan(br#""a long key without stops""#), Ok(plain));
+        assert_eq!(scan(br#""s\u0073n\/\"""#), Ok(escaped));
+        assert_eq!(scan("\"é😀\u{a0}\"".as_bytes()), Ok(plain));
+        for control in [
+            "\"ssn\u{7f}\"",
+            "\"abcdefgh\u{7f}ijk\"",
+            "\"\u{80}\"",
+            "\"ssn\u{9f}\"",
+        ] {
+            let got = scan(control.as_bytes()).unwrap();
+            assert!(got.control && !got.escaped, "{control:?}");
+        }
+        for control in [
+            r#""ssn\u0000""#,
+            r#""\u001F""#,
+            r#""a\n""#,
+            r#""\t""#,
+            r#""\u007f""#,
+            r#""\u0085x""#,
+            r#""\b""#,
+        ] {
+            let got = scan(control.as_bytes()).unwrap();
+            assert!(got.control && got.escaped, "{control}");
+        }
+        assert!(!scan(br#""\u00a0\u0020""#).unwrap().control);
+        assert_eq!(
+            scan(b"\"a\x01\""),
+            Err(RedactError::InvalidJson { offset: 2 })
+        );
     }
 
     #[test]

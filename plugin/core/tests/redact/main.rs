@@ -9,6 +9,7 @@
 mod cases;
 #[cfg(not(target_family = "wasm"))]
 mod jose;
+mod paths;
 mod props;
 mod refusals;
 

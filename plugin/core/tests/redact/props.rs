@@ -1,10 +1,14 @@
-//! Property tests: random documents (duplicate keys, escapes, odd whitespace) and
-//! random plans, checked against a reference implementation that follows the
-//! documented semantics directly (recursively, over a parsed tree).
+//! Property tests: random documents (duplicate keys, escapes, odd whitespace, case
+//! variants, control characters in names) and random plans (any-depth paths,
+//! case-insensitive names), checked against a reference implementation that follows
+//! the documented semantics directly (recursively, over a parsed tree; paths matched
+//! by simulating their steps, precedence by its documented order).
+
+use std::cmp::Reverse;
 
 use consentry_core::redact::{
-    FieldAction, FieldPath, Generalisation, HashEncoding, Limits, PathStep, Plan, RedactError,
-    Unclassified,
+    ControlKeys, FieldAction, FieldPath, Generalisation, HashEncoding, Limits, PathStep, Plan,
+    RedactError, Unclassified,
 };
 use proptest::prelude::*;
 
@@ -23,13 +27,35 @@ enum J {
     Obj(Vec<(String, J)>),
 }
 
-/// Few names, often repeated, so paths and duplicate keys meet often.
-const KEYS: [&str; 12] = [
-    "a", "a", "a", "b", "b", "ssn", "x y", "é", "😀", "", "q\"\\", "dob",
+/// Few names, often repeated, so paths and duplicate keys meet often; case variants
+/// (`ſ` and the Kelvin sign fold to `s` and `k`), and names with control characters.
+const KEYS: [&str; 21] = [
+    "a", "a", "a", "A", "b", "b", "ssn", "SSN", "ſſn", "x y", "é", "É", "😀", "", "q\"\\", "dob",
+    "\u{212A}", "k", "a\u{0}", "\u{7f}", "b\u{85}",
+];
+
+/// The names paths use (paths cannot name control characters).
+const PATH_NAMES: [&str; 13] = [
+    "a", "a", "A", "b", "ssn", "SSN", "x y", "é", "😀", "", "q\"\\", "dob", "k",
 ];
 
 fn key() -> impl Strategy<Value = String> {
     prop::sample::select(&KEYS[..]).prop_map(str::to_owned)
+}
+
+fn path_name() -> impl Strategy<Value = String> {
+    prop::sample::select(&PATH_NAMES[..]).prop_map(str::to_owned)
+}
+
+/// True when some member name in the document has a control character.
+fn has_control_key(j: &J) -> bool {
+    match j {
+        J::Arr(items) => items.iter().any(has_control_key),
+        J::Obj(members) => members
+            .iter()
+            .any(|(k, v)| k.chars().any(char::is_control) || has_control_key(v)),
+        _ => false,
+    }
 }
 
 /// Date strings whose validity the reference knows.
@@ -174,22 +200,27 @@ impl Style {
     }
 }
 
+fn write(j: &J, seed: u64) -> String {
+    let mut style = Style(seed);
+    let mut out = String::new();
+    style.ws(&mut out);
+    style.write(j, &mut out);
+    style.ws(&mut out);
+    out
+}
+
 fn document(root: impl Strategy<Value = J>) -> impl Strategy<Value = String> {
-    (root, any::<u64>()).prop_map(|(j, seed)| {
-        let mut style = Style(seed);
-        let mut out = String::new();
-        style.ws(&mut out);
-        style.write(&j, &mut out);
-        style.ws(&mut out);
-        out
-    })
+    (root, any::<u64>()).prop_map(|(j, seed)| write(&j, seed))
 }
 
 // ---------------------------------------------------------------- plans
 
 fn step() -> impl Strategy<Value = PathStep> {
     prop_oneof![
-        3 => key().prop_map(PathStep::Member),
+        3 => path_name().prop_map(PathStep::Member),
+        1 => path_name().prop_map(PathStep::MemberAnyCase),
+        1 => path_name().prop_map(PathStep::Descendant),
+        1 => path_name().prop_map(PathStep::DescendantAnyCase),
         2 => Just(PathStep::AnyMember),
         2 => Just(PathStep::AnyElement),
     ]
@@ -231,13 +262,26 @@ fn rules(all: bool) -> impl Strategy<Value = (Vec<(FieldPath, FieldAction)>, Unc
     )
         .prop_map(|(mut rules, unclassified)| {
             // One action per path (the plan refuses conflicts; that is tested elsewhere).
-            let mut seen = Vec::new();
+            let mut seen: Vec<FieldPath> = Vec::new();
             rules.retain(|(p, _)| {
-                let fresh = !seen.contains(p);
+                let fresh = !seen.iter().any(|s| identical(s, p));
                 seen.push(p.clone());
                 fresh
             });
             (rules, unclassified)
+        })
+}
+
+/// Paths the plan takes for one (and refuses with two actions): the same steps,
+/// case-insensitive names compared by their folds.
+fn identical(p: &FieldPath, q: &FieldPath) -> bool {
+    p.0.len() == q.0.len()
+        && p.0.iter().zip(&q.0).all(|(a, b)| match (a, b) {
+            (PathStep::MemberAnyCase(x), PathStep::MemberAnyCase(y))
+            | (PathStep::DescendantAnyCase(x), PathStep::DescendantAnyCase(y)) => {
+                fold(x) == fold(y)
+            }
+            _ => a == b,
         })
 }
 
@@ -268,7 +312,44 @@ fn scoped_rules() -> impl Strategy<Value = (Vec<(FieldPath, FieldAction)>, Uncla
             let mut rules = vec![(FieldPath(scope.clone()), FieldAction::Remove)];
             for (tail, action) in below {
                 let path = FieldPath(scope.iter().cloned().chain(tail).collect());
-                if !rules.iter().any(|(p, _)| *p == path) {
+                if !rules.iter().any(|(p, _)| identical(p, &path)) {
+                    rules.push((path, action));
+                }
+            }
+            (rules, unclassified)
+        })
+}
+
+/// Plans where any-depth, case-insensitive and explicit paths meet at the same
+/// members often: few names, short paths, every action.
+fn meeting_rules() -> impl Strategy<Value = (Vec<(FieldPath, FieldAction)>, Unclassified)> {
+    let name = || prop::sample::select(vec!["a", "A", "ssn", "SSN", "b"]).prop_map(str::to_owned);
+    let first = prop_oneof![
+        3 => name().prop_map(PathStep::Descendant),
+        2 => name().prop_map(PathStep::DescendantAnyCase),
+        1 => name().prop_map(PathStep::Member),
+        1 => name().prop_map(PathStep::MemberAnyCase),
+        1 => Just(PathStep::AnyMember),
+    ];
+    let then = prop_oneof![
+        2 => name().prop_map(PathStep::Member),
+        1 => name().prop_map(PathStep::MemberAnyCase),
+        1 => name().prop_map(PathStep::Descendant),
+        1 => Just(PathStep::AnyMember),
+        1 => Just(PathStep::AnyElement),
+    ];
+    (
+        prop::collection::vec(
+            (first, prop::collection::vec(then, 0..2), action(true)),
+            1..6,
+        ),
+        prop_oneof![Just(Unclassified::Remove), Just(Unclassified::Keep)],
+    )
+        .prop_map(|(raw, unclassified)| {
+            let mut rules: Vec<(FieldPath, FieldAction)> = Vec::new();
+            for (first, rest, action) in raw {
+                let path = FieldPath(std::iter::once(first).chain(rest).collect());
+                if !rules.iter().any(|(p, _)| identical(p, &path)) {
                     rules.push((path, action));
                 }
             }
@@ -384,55 +465,159 @@ enum Loc<'a> {
     Index,
 }
 
-fn step_matches(step: &PathStep, loc: &Loc<'_>) -> bool {
-    match (step, loc) {
-        (PathStep::Member(n), Loc::Key(k)) => n == k,
-        (PathStep::AnyMember, Loc::Key(_)) => true,
-        (PathStep::AnyElement, Loc::Index) => true,
-        _ => false,
-    }
+/// The case fold, written out for the names the generator uses.
+fn fold(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            'ſ' => 's',
+            '\u{212A}' => 'k',
+            'É' => 'é',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
 }
 
-fn prefix_matches(path: &[PathStep], loc: &[Loc<'_>]) -> bool {
-    path.len() >= loc.len() && path.iter().zip(loc).all(|(s, l)| step_matches(s, l))
-}
-
-/// The rule at exactly this location: most specific, then first.
-fn rule_at(rules: &[(FieldPath, FieldAction)], loc: &[Loc<'_>]) -> Option<usize> {
-    let mut best: Option<usize> = None;
-    for (i, (p, _)) in rules.iter().enumerate() {
-        if p.0.len() != loc.len() || !prefix_matches(&p.0, loc) {
-            continue;
-        }
-        best = Some(match best {
-            None => i,
-            Some(b) => {
-                let wild = |i: usize| {
-                    rules[i]
-                        .0
-                        .0
-                        .iter()
-                        .map(|s| !matches!(s, PathStep::Member(_)))
-                        .collect::<Vec<_>>()
-                };
-                // false (literal) sorts first: the smaller vector is more specific.
-                if wild(i) < wild(b) { i } else { b }
+/// The positions in `path` (steps consumed so far) that can be reached by matching
+/// the location: `..name` may stay where it is on any step, or advance on `name`.
+fn positions(path: &[PathStep], loc: &[Loc<'_>]) -> Vec<usize> {
+    let mut at = vec![0];
+    for l in loc {
+        let mut next = Vec::new();
+        for &p in &at {
+            let (stay, advance) = match (path.get(p), l) {
+                (Some(PathStep::Member(n)), Loc::Key(k)) => (false, n == k),
+                (Some(PathStep::MemberAnyCase(n)), Loc::Key(k)) => (false, fold(n) == fold(k)),
+                (Some(PathStep::AnyMember), Loc::Key(_))
+                | (Some(PathStep::AnyElement), Loc::Index) => (false, true),
+                (Some(PathStep::Descendant(n)), Loc::Key(k)) => (true, n == k),
+                (Some(PathStep::DescendantAnyCase(n)), Loc::Key(k)) => (true, fold(n) == fold(k)),
+                (Some(PathStep::Descendant(_) | PathStep::DescendantAnyCase(_)), Loc::Index) => {
+                    (true, false)
+                }
+                _ => (false, false),
+            };
+            if stay {
+                next.push(p);
             }
-        });
+            if advance {
+                next.push(p + 1);
+            }
+        }
+        next.sort_unstable();
+        next.dedup();
+        at = next;
     }
-    best
+    at
+}
+
+/// The documented strictness, smaller first.
+fn strictness(action: &FieldAction) -> (u8, u64, u64) {
+    match action {
+        FieldAction::Remove => (0, 0, 0),
+        FieldAction::Pseudonymise { .. } => (1, 0, 0),
+        FieldAction::Mask {
+            keep_first,
+            keep_last,
+            keep_separators,
+            ..
+        } => (2, (keep_first + keep_last) as u64, *keep_separators as u64),
+        FieldAction::Generalise(Generalisation::DateToYear) => (3, 0, 0),
+        FieldAction::Generalise(Generalisation::DateToYearMonth) => (3, 1, 0),
+        FieldAction::Generalise(Generalisation::NumberBucket { width }) => (3, 2, u64::MAX - width),
+        FieldAction::Hash { .. } => (4, 0, 0),
+        FieldAction::Encrypt => (5, 0, 0),
+        FieldAction::Keep => (6, 0, 0),
+    }
+}
+
+/// The rule at exactly this location: the documented precedence as a key, largest
+/// first: one literal-or-wildcard flag per step of the location (an any-depth path
+/// as wildcards up to its last step), then explicit over any-depth, then the
+/// strictest action, then the first rule.
+fn rule_at(rules: &[(FieldPath, FieldAction)], loc: &[Loc<'_>]) -> Option<usize> {
+    let literal = |s: &PathStep| !matches!(s, PathStep::AnyMember | PathStep::AnyElement);
+    rules
+        .iter()
+        .enumerate()
+        .filter(|(_, (p, _))| positions(&p.0, loc).contains(&p.0.len()))
+        .max_by_key(|(i, (p, a))| {
+            let deep = p.0.iter().any(PathStep::is_descendant);
+            let flags: Vec<bool> = if deep {
+                let mut v = vec![false; loc.len() - 1];
+                v.push(p.0.last().is_some_and(literal));
+                v
+            } else {
+                p.0.iter().map(literal).collect()
+            };
+            (flags, !deep, Reverse(strictness(a)), Reverse(*i))
+        })
+        .map(|(i, _)| i)
 }
 
 fn rules_below(rules: &[(FieldPath, FieldAction)], loc: &[Loc<'_>], t: &T<'_>) -> bool {
     rules.iter().any(|(p, _)| {
-        p.0.len() > loc.len()
-            && prefix_matches(&p.0, loc)
-            && matches!(
-                (t, &p.0[loc.len()]),
-                (T::Obj(..), PathStep::Member(_) | PathStep::AnyMember)
-                    | (T::Arr(..), PathStep::AnyElement)
+        positions(&p.0, loc).into_iter().any(|i| {
+            matches!(
+                (t, p.0.get(i)),
+                (
+                    T::Obj(..),
+                    Some(
+                        PathStep::Member(_)
+                            | PathStep::MemberAnyCase(_)
+                            | PathStep::AnyMember
+                            | PathStep::Descendant(_)
+                            | PathStep::DescendantAnyCase(_)
+                    )
+                ) | (
+                    T::Arr(..),
+                    Some(
+                        PathStep::AnyElement
+                            | PathStep::Descendant(_)
+                            | PathStep::DescendantAnyCase(_)
+                    )
+                )
             )
+        })
     })
+}
+
+fn is_control_name(name: &str) -> bool {
+    name.chars().any(char::is_control)
+}
+
+fn contains_control_name(t: &T<'_>) -> bool {
+    match t {
+        T::Scalar(_) => false,
+        T::Arr(_, items) => items.iter().any(contains_control_name),
+        T::Obj(_, members) => members
+            .iter()
+            .any(|(_, name, v)| is_control_name(name) || contains_control_name(v)),
+    }
+}
+
+/// A value released as it is, but for members whose names have control characters:
+/// they go, wherever they are in it.
+fn released<'a, 'r>(t: &'a T<'a>, counts: &mut Counts) -> E<'a, 'r> {
+    if !contains_control_name(t) {
+        return E::Verbatim(t.raw());
+    }
+    match t {
+        T::Obj(_, members) => E::Obj(
+            members
+                .iter()
+                .filter_map(|(raw, name, v)| {
+                    if is_control_name(name) {
+                        counts.control += 1;
+                        None
+                    } else {
+                        Some((*raw, released(v, counts)))
+                    }
+                })
+                .collect(),
+        ),
+        T::Arr(_, items) => E::Arr(items.iter().map(|v| released(v, counts)).collect()),
+        T::Scalar(raw) => E::Verbatim(raw),
+    }
 }
 
 #[derive(Debug)]
@@ -459,23 +644,33 @@ fn fits(action: &FieldAction, t: &T<'_>) -> bool {
     }
 }
 
-/// The shells pruned so far (the report's `shells_pruned`).
-type Pruned = u64;
+/// The report's counts the reference predicts.
+#[derive(Debug, Default)]
+struct Counts {
+    /// `shells_pruned`.
+    pruned: u64,
+    /// `control_keys_removed`.
+    control: u64,
+}
 
 fn expect_children<'a, 'r>(
     t: &'a T<'a>,
     loc: &mut Vec<Loc<'a>>,
     default: Unclassified,
     rules: &'r [(FieldPath, FieldAction)],
-    pruned: &mut Pruned,
+    counts: &mut Counts,
 ) -> E<'a, 'r> {
     match t {
         T::Obj(_, members) => E::Obj(
             members
                 .iter()
                 .filter_map(|(raw, name, v)| {
+                    if is_control_name(name) {
+                        counts.control += 1;
+                        return None;
+                    }
                     loc.push(Loc::Key(name));
-                    let e = expect_item(v, loc, default, rules, pruned);
+                    let e = expect_item(v, loc, default, rules, counts);
                     loc.pop();
                     e.map(|e| (*raw, e))
                 })
@@ -486,7 +681,7 @@ fn expect_children<'a, 'r>(
                 .iter()
                 .filter_map(|v| {
                     loc.push(Loc::Index);
-                    let e = expect_item(v, loc, default, rules, pruned);
+                    let e = expect_item(v, loc, default, rules, counts);
                     loc.pop();
                     e
                 })
@@ -501,48 +696,48 @@ fn expect_item<'a, 'r>(
     loc: &mut Vec<Loc<'a>>,
     default: Unclassified,
     rules: &'r [(FieldPath, FieldAction)],
-    pruned: &mut Pruned,
+    counts: &mut Counts,
 ) -> Option<E<'a, 'r>> {
     let below = rules_below(rules, loc, t);
     match rule_at(rules, loc).map(|i| &rules[i].1) {
         Some(FieldAction::Keep) if below => {
-            Some(expect_children(t, loc, Unclassified::Keep, rules, pruned))
+            Some(expect_children(t, loc, Unclassified::Keep, rules, counts))
         }
-        Some(FieldAction::Keep) => Some(E::Verbatim(t.raw())),
+        Some(FieldAction::Keep) => Some(released(t, counts)),
         Some(FieldAction::Remove) if below => {
-            let e = expect_children(t, loc, Unclassified::Remove, rules, pruned);
-            shell(e, pruned)
+            let e = expect_children(t, loc, Unclassified::Remove, rules, counts);
+            shell(e, counts)
         }
         Some(FieldAction::Remove) => None,
         Some(action) => fits(action, t).then_some(E::Transformed(action, t)),
         None if below => {
-            let e = expect_children(t, loc, default, rules, pruned);
+            let e = expect_children(t, loc, default, rules, counts);
             match default {
-                Unclassified::Remove => shell(e, pruned),
+                Unclassified::Remove => shell(e, counts),
                 Unclassified::Keep => Some(e),
             }
         }
-        None => (default == Unclassified::Keep).then_some(E::Verbatim(t.raw())),
+        None => (default == Unclassified::Keep).then(|| released(t, counts)),
     }
 }
 
 /// A container kept under a removing scope only for what is below it: gone when
 /// nothing below it was released.
-fn shell<'a, 'r>(e: E<'a, 'r>, pruned: &mut Pruned) -> Option<E<'a, 'r>> {
+fn shell<'a, 'r>(e: E<'a, 'r>, counts: &mut Counts) -> Option<E<'a, 'r>> {
     let empty = match &e {
         E::Obj(members) => members.is_empty(),
         E::Arr(items) => items.is_empty(),
         _ => false,
     };
     if empty {
-        *pruned += 1;
+        counts.pruned += 1;
         None
     } else {
         Some(e)
     }
 }
 
-fn expect<'a, 'r>(t: &'a T<'a>, plan: &'r Plan, pruned: &mut Pruned) -> E<'a, 'r> {
+fn expect<'a, 'r>(t: &'a T<'a>, plan: &'r Plan, counts: &mut Counts) -> E<'a, 'r> {
     match t {
         T::Scalar(raw) if plan.unclassified() == Unclassified::Keep => E::Verbatim(raw),
         T::Scalar(_) => E::Null,
@@ -552,7 +747,7 @@ fn expect<'a, 'r>(t: &'a T<'a>, plan: &'r Plan, pruned: &mut Pruned) -> E<'a, 'r
             &mut Vec::new(),
             plan.unclassified(),
             plan.rules(),
-            pruned,
+            counts,
         ),
     }
 }
@@ -664,10 +859,36 @@ fn redact_and_check(
     rules: Vec<(FieldPath, FieldAction)>,
     unclassified: Unclassified,
 ) -> Result<(), TestCaseError> {
-    let plan = Plan::build(rules, unclassified).unwrap();
+    redact_and_check_with(body, rules, unclassified, ControlKeys::Remove)
+}
+
+fn redact_and_check_with(
+    body: &[u8],
+    rules: Vec<(FieldPath, FieldAction)>,
+    unclassified: Unclassified,
+    control_keys: ControlKeys,
+) -> Result<(), TestCaseError> {
+    let plan = Plan::build(rules, unclassified)
+        .unwrap()
+        .with_control_keys(control_keys);
     let recipient = bob();
     let result = run_with(&plan, body, LIMITS, Some(&recipient));
     let accepted = serde_json::from_slice::<serde_json::Value>(body).is_ok();
+    if accepted && control_keys == ControlKeys::Withhold {
+        // Withheld exactly when the pass reaches a name with a control character.
+        let input = parse(body);
+        let mut counts = Counts::default();
+        expect(&input, &plan, &mut counts);
+        if counts.control > 0 {
+            prop_assert!(
+                matches!(result, Err(RedactError::ControlKey { .. })),
+                "released {:?} as {:?}",
+                String::from_utf8_lossy(body),
+                result
+            );
+            return Ok(());
+        }
+    }
     match result {
         Ok(out) => {
             prop_assert!(
@@ -683,9 +904,14 @@ fn redact_and_check(
             );
             let input = parse(body);
             let output = parse(&out.body);
-            let mut pruned = 0;
-            check(&output, &expect(&input, &plan, &mut pruned))?;
-            prop_assert_eq!(out.report.shells_pruned, pruned, "shells pruned");
+            let mut counts = Counts::default();
+            check(&output, &expect(&input, &plan, &mut counts))?;
+            prop_assert_eq!(out.report.shells_pruned, counts.pruned, "shells pruned");
+            prop_assert_eq!(
+                out.report.control_keys_removed,
+                counts.control,
+                "control keys removed"
+            );
         }
         Err(e) => prop_assert!(
             !accepted,
@@ -713,6 +939,20 @@ proptest! {
         redact_and_check(body.as_bytes(), rules, unclassified)?;
     }
 
+    /// Any-depth, case-insensitive and explicit paths meeting at one member: the
+    /// documented precedence decides, as the reference applies it.
+    #[test]
+    fn meeting_paths_match_the_reference(body in document(json()), (rules, unclassified) in meeting_rules()) {
+        redact_and_check(body.as_bytes(), rules, unclassified)?;
+    }
+
+    /// Withholding bodies with control characters in member names: refused exactly
+    /// when the pass reaches one (in a released or walked container), else as above.
+    #[test]
+    fn control_keys_are_withheld_where_the_pass_meets_them(body in document(json()), (rules, unclassified) in rules(true)) {
+        redact_and_check_with(body.as_bytes(), rules, unclassified, ControlKeys::Withhold)?;
+    }
+
     /// Removing scopes with rules below them: empty shells are pruned exactly where
     /// the reference prunes them, and counted.
     #[test]
@@ -720,9 +960,12 @@ proptest! {
         redact_and_check(body.as_bytes(), rules, unclassified)?;
     }
 
-    /// With no rule and nothing removed, the body comes back unchanged.
+    /// With no rule and nothing removed, the body comes back unchanged (when no
+    /// member name has a control character).
     #[test]
-    fn keeping_everything_is_the_identity(body in document(json())) {
+    fn keeping_everything_is_the_identity(j in json(), seed in any::<u64>()) {
+        prop_assume!(!has_control_key(&j));
+        let body = write(&j, seed);
         let plan = Plan::build(Vec::new(), Unclassified::Keep).unwrap();
         let out = run_with(&plan, body.as_bytes(), LIMITS, None).unwrap();
         prop_assert_eq!(out.body, body.into_bytes());
