@@ -15,6 +15,8 @@ use crate::message::{Callout, CalloutAnswer, Response};
 use crate::mint;
 use crate::world::lock;
 
+pub mod spellings;
+
 /// A development pseudonymisation key (`KEY_ID:BASE64URL`), the same the Envoy
 /// configurations of the demo and the tests pass. Never a production key.
 pub const DEV_PSEUDONYM_KEYS: &str = "dev-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
