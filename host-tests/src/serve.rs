@@ -45,7 +45,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use consentry_component::settings::{CONFIG_VAR, Origin, UPSTREAM_VAR, cluster_var};
 use hyper::server::conn::http1;
 use tokio::io::AsyncWrite;
 use tokio::sync::oneshot;
@@ -58,6 +57,15 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use component_settings::{CONFIG_VAR, Origin, UPSTREAM_VAR, cluster_var};
+
+/// The component's own names for its environment, compiled from its source rather
+/// than by linking its crate: that crate is a `cdylib`, whose native `rlib` gets a
+/// file name without a hash, which another build of it overwrites under the doctests.
+#[path = "../../plugin/component/src/settings.rs"]
+#[allow(dead_code, reason = "the host uses the names, not the whole module")]
+mod component_settings;
 
 use crate::plugin::workspace_root;
 
