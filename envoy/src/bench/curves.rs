@@ -373,6 +373,7 @@ impl Drop for SizedUpstream {
 }
 
 fn serve(conn: TcpStream, bodies: &BTreeMap<usize, Arc<Vec<u8>>>) {
+    let _ = conn.set_nodelay(true);
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
@@ -398,16 +399,19 @@ fn serve(conn: TcpStream, bodies: &BTreeMap<usize, Arc<Vec<u8>>>) {
                 break;
             }
         }
+        // One write of the whole answer, with Nagle off: a head and a body written
+        // apart wait on the peer's delayed ACK (40 ms), which capped every small
+        // body at ~730 req/s for bare Envoy and Consentry alike.
         let written = match size.and_then(|n| bodies.get(&n)) {
-            Some(body) => out
-                .write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        body.len()
-                    )
-                    .as_bytes(),
+            Some(body) => {
+                let mut answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
                 )
-                .and_then(|()| out.write_all(body)),
+                .into_bytes();
+                answer.extend_from_slice(body);
+                out.write_all(&answer)
+            }
             None => out.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
         };
         if written.is_err() {
