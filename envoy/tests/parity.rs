@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use consentry_envoy::scripted::{Reply, ScriptedUpstream};
 use consentry_envoy::{Envoy, send};
 use consentry_host::plugin::workspace_root;
-use consentry_host::scenario::{HostMode, Observed, Scenario, differences, scenario_dir};
+use consentry_host::scenario::{
+    HostMode, Observed, ReceivedRequest, Scenario, differences, scenario_dir,
+};
 use consentry_host::{Plugin, Response};
 
 fn reply_of(r: &Response) -> Reply {
@@ -122,24 +124,17 @@ fn run_group(
                 }
                 Err(e) => panic!("{label}: {e:#}"),
             };
-            let in_envoy = Observed {
-                status: got.status,
-                headers: got
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
-                    .collect(),
-                body: got.body.clone(),
-                upstream_headers: received.first().map(|r| {
-                    r.headers
-                        .iter()
-                        .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
-                        .collect()
+            let in_envoy = Observed::from_network(
+                got.status,
+                &got.headers,
+                &got.body,
+                received.first().map(|r| ReceivedRequest {
+                    path: &r.path,
+                    headers: &r.headers,
+                    body: &r.body,
                 }),
-                upstream_path: received.first().map(|r| r.path.clone()),
-                upstream_body: received.first().map(|r| r.body.clone()),
                 reset,
-            };
+            );
             for f in s.check_as(mode, &in_envoy) {
                 failures.push(format!("{label} (Envoy): {f}"));
             }

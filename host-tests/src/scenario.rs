@@ -499,6 +499,41 @@ pub fn scenario_dir() -> PathBuf {
         .join("scenarios")
 }
 
+/// The request an upstream received, as a network test's upstream records it.
+pub struct ReceivedRequest<'a> {
+    pub path: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+impl Observed {
+    /// What a client saw over the network (text header values), and the first
+    /// request the upstream received, if it was called.
+    pub fn from_network(
+        status: u16,
+        headers: &[(String, String)],
+        body: &[u8],
+        upstream: Option<ReceivedRequest<'_>>,
+        reset: bool,
+    ) -> Self {
+        let bytes = |headers: &[(String, String)]| -> HeaderList {
+            headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        Self {
+            status,
+            headers: bytes(headers),
+            body: body.to_vec(),
+            upstream_headers: upstream.as_ref().map(|r| bytes(r.headers)),
+            upstream_path: upstream.as_ref().map(|r| r.path.to_owned()),
+            upstream_body: upstream.as_ref().map(|r| r.body.to_vec()),
+            reset,
+        }
+    }
+}
+
 impl From<&crate::proxy::Outcome> for Observed {
     fn from(o: &crate::proxy::Outcome) -> Self {
         Self {

@@ -20,7 +20,7 @@ use consentry_envoy::{HttpResponse, send};
 use consentry_example_service::RunningService;
 use consentry_host::fixtures::dev_env;
 use consentry_host::plugin::workspace_root;
-use consentry_host::scenario::{Observed, Scenario, differences, scenario_dir};
+use consentry_host::scenario::{Observed, ReceivedRequest, Scenario, differences, scenario_dir};
 use consentry_host::serve::{self, Log, Options, Running};
 use consentry_host::{Plugin, Response, audit_log, mint};
 use serde_json::Value;
@@ -147,25 +147,18 @@ fn every_scenario_behaves_the_same_behind_consentry_serve_and_in_the_harness() {
             )
             .unwrap_or_else(|e| panic!("{}: {e:#}", s.name));
             let received = upstream.received();
-            let in_component = Observed {
-                status: got.status,
-                headers: got
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
-                    .collect(),
-                body: got.body.clone(),
-                upstream_headers: received.first().map(|r| {
-                    r.headers
-                        .iter()
-                        .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
-                        .collect()
+            // `send` returned a whole answer; a broken one is an error above.
+            let in_component = Observed::from_network(
+                got.status,
+                &got.headers,
+                &got.body,
+                received.first().map(|r| ReceivedRequest {
+                    path: &r.path,
+                    headers: &r.headers,
+                    body: &r.body,
                 }),
-                upstream_path: received.first().map(|r| r.path.clone()),
-                upstream_body: received.first().map(|r| r.body.clone()),
-                // `send` returned a whole answer; a broken one is an error above.
-                reset: false,
-            };
+                false,
+            );
             for f in proxy_neutral(s).check(&in_component) {
                 failures.push(format!("{} (component): {f}", s.name));
             }
