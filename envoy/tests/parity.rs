@@ -92,11 +92,7 @@ fn run_group(
             let response = exchange.upstream_response().unwrap();
             upstream.clear_received();
             upstream.set_default(reply_of(&response));
-            let headers: Vec<(String, String)> = request
-                .headers
-                .iter()
-                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
-                .collect();
+            let headers = request.text_headers();
             let header_refs: Vec<(&str, &str)> = headers
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))

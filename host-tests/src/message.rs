@@ -111,6 +111,15 @@ impl Request {
         self.http2 = true;
         self
     }
+
+    /// The headers as text, for a network client that sends this request to a real
+    /// host (bytes that are not UTF-8 replaced).
+    pub fn text_headers(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    }
 }
 
 /// A response: what an upstream answers, or what a callout returns.

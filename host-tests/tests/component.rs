@@ -129,11 +129,7 @@ fn every_scenario_behaves_the_same_behind_consentry_serve_and_in_the_harness() {
             let request = exchange.client_request().unwrap();
             upstream.clear_received();
             upstream.set_default(reply_of(&exchange.upstream_response().unwrap()));
-            let headers: Vec<(String, String)> = request
-                .headers
-                .iter()
-                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
-                .collect();
+            let headers = request.text_headers();
             let header_refs: Vec<(&str, &str)> = headers
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_str()))
